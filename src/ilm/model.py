@@ -1,0 +1,56 @@
+"""The paper's model: a small Llama trained from scratch (method-spec §2.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+# Ids fixed by the tokenizer's special-token order (method-spec §3.2).
+UNK_ID, BOS_ID, EOS_ID, PAD_ID, MASK_ID, EOT_ID = 0, 1, 2, 3, 4, 5
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<mask>", "<|endoftext|>"]
+
+
+def llama_config(model_cfg: Mapping) -> LlamaConfig:
+    """A LlamaConfig from the `model:` section; eager attention, which supports double backprop."""
+    return LlamaConfig(
+        **dict(model_cfg),
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        hidden_act="silu",
+        attn_implementation="eager",
+    )
+
+
+def build_model(model_cfg: Mapping) -> LlamaForCausalLM:
+    """A freshly initialised model (HF Llama init: N(0, 0.02²) weights, unit norms); seed first."""
+    return LlamaForCausalLM(llama_config(model_cfg))
+
+
+def load_model(path: Path | str, device: torch.device | str = "cpu") -> LlamaForCausalLM:
+    """A model written by `ilm train` (HF save_pretrained directory), in eval mode."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise ValueError(f"{path} is not a trained model directory (no config.json); run `ilm train` first")
+    model = LlamaForCausalLM.from_pretrained(path, attn_implementation="eager")
+    return model.to(device).eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (the tied LM head counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
