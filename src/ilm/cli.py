@@ -94,7 +94,13 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
     from ilm.gcg_report import summarise_shards
 
     cfg = _config(args)
-    summarise_shards(args.shards, per_sample_out=args.per_sample_out, sweep_out=args.sweep_out, config=cfg)
+    summarise_shards(
+        args.shards,
+        variant=args.variant,
+        per_sample_out=args.per_sample_out,
+        sweep_out=args.sweep_out,
+        config=cfg,
+    )
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -117,6 +123,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     p = sub.add_parser("make-corpus", help="write seeded synthetic children's stories (demo, tests)")
@@ -159,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gcg-summary", help="merge shards: per-sample gcg.csv and the gcg_sweep.csv")
     p.add_argument("--shards", type=Path, nargs="+", required=True)
+    p.add_argument("--variant", required=True)
     p.add_argument("--per-sample-out", type=Path, required=True)
     p.add_argument("--sweep-out", type=Path, required=True)
     _add_config_args(p)
@@ -188,6 +196,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s | %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except ValueError as e:

@@ -36,16 +36,31 @@ def _fill_defaults(instance: Any, schema: Mapping) -> None:
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "<top level>"
 
 
-def validate_config(config: Mapping, partial: bool = False) -> dict:
+def _given_keys(config: Mapping) -> set[str]:
+    """Dotted names of the keys present before defaults are filled (`train.lr`, `variants`)."""
+    keys = set()
+    for section, value in config.items():
+        keys.add(section)
+        if isinstance(value, Mapping):
+            keys.update(f"{section}.{key}" for key in value)
+    return keys
+
+
+def validate_config(config: Mapping) -> dict:
     """Return a validated copy of `config` with every default filled in.
 
-    With `partial`, only the sections present are checked against each other (an `ilm`
-    command receives the slices it uses). Raises ValueError naming the offending key.
+    Rules across keys run only where every key involved was given: a rule that passes
+    an `ilm` command a slice of the config is not judged on defaults it never set.
+    Raises ValueError naming the offending key.
     """
     cfg = copy.deepcopy(dict(config))
+    given = _given_keys(cfg)
     schema = load_schema()
     _fill_defaults(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -56,46 +71,89 @@ def validate_config(config: Mapping, partial: bool = False) -> dict:
             "invalid configuration (fix these keys in config.yaml or the preset that overrides it):\n"
             + "\n".join(lines)
         )
-    _check_consistency(cfg)
+    for keys, check in _CONSISTENCY_RULES:
+        if all(k in given for k in keys):
+            check(cfg)
     return cfg
 
 
-def _check_consistency(cfg: dict) -> None:
-    """Rules across keys that a JSON Schema cannot state."""
-    data, model, train, gcg = cfg["data"], cfg["model"], cfg["train"], cfg["gcg"]
-    total = sum(data["split_fractions"].values())
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def _split_fractions_sum(cfg: dict) -> None:
+    total = sum(cfg["data"]["split_fractions"].values())
     if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"data.split_fractions must sum to 1 (they sum to {total:g})")
+        _fail(f"data.split_fractions must sum to 1 (they sum to {total:g})")
+
+
+def _stride_fits_window(cfg: dict) -> None:
+    data = cfg["data"]
     if data["stride"] > data["window"]:
-        raise ValueError(
+        _fail(
             f"data.stride ({data['stride']}) is larger than data.window ({data['window']}): "
             "windows would skip tokens; use a stride of at most the window"
         )
-    if data["window"] > model["max_position_embeddings"]:
-        raise ValueError(
-            f"data.window ({data['window']}) is longer than model.max_position_embeddings "
-            f"({model['max_position_embeddings']}); raise max_position_embeddings or shorten the window"
+
+
+def _window_fits_model(cfg: dict) -> None:
+    window, positions = cfg["data"]["window"], cfg["model"]["max_position_embeddings"]
+    if window > positions:
+        _fail(
+            f"data.window ({window}) is longer than model.max_position_embeddings ({positions}); "
+            "raise max_position_embeddings or shorten the window"
         )
-    if model["vocab_size"] < data["vocab_size"]:
-        raise ValueError(
-            f"model.vocab_size ({model['vocab_size']}) is smaller than data.vocab_size "
-            f"({data['vocab_size']}); the embedding needs a row for every token id"
+
+
+def _vocab_fits_model(cfg: dict) -> None:
+    model_vocab, data_vocab = cfg["model"]["vocab_size"], cfg["data"]["vocab_size"]
+    if model_vocab < data_vocab:
+        _fail(
+            f"model.vocab_size ({model_vocab}) is smaller than data.vocab_size ({data_vocab}); "
+            "the embedding needs a row for every token id"
         )
+
+
+def _heads_divide(cfg: dict) -> None:
+    model = cfg["model"]
     if model["hidden_size"] % model["num_attention_heads"]:
-        raise ValueError("model.hidden_size must be a multiple of model.num_attention_heads")
+        _fail("model.hidden_size must be a multiple of model.num_attention_heads")
     if model["num_attention_heads"] % model["num_key_value_heads"]:
-        raise ValueError("model.num_attention_heads must be a multiple of model.num_key_value_heads")
+        _fail("model.num_attention_heads must be a multiple of model.num_key_value_heads")
+
+
+def _micro_batch_divides(cfg: dict) -> None:
+    train = cfg["train"]
     if train["batch_size"] % train["micro_batch_size"]:
-        raise ValueError(
-            f"train.batch_size ({train['batch_size']}) must be a multiple of train.micro_batch_size "
-            f"({train['micro_batch_size']})"
+        _fail(
+            f"train.batch_size ({train['batch_size']}) must be a multiple of "
+            f"train.micro_batch_size ({train['micro_batch_size']})"
         )
-    if gcg["prefix_length"] + gcg["target_length"] > data["window"]:
-        raise ValueError("gcg.prefix_length + gcg.target_length must fit in data.window")
+
+
+def _attack_fits_window(cfg: dict) -> None:
+    gcg = cfg["gcg"]
+    if gcg["prefix_length"] + gcg["target_length"] > cfg["data"]["window"]:
+        _fail("gcg.prefix_length + gcg.target_length must fit in data.window")
+
+
+def _budgets_within_steps(cfg: dict) -> None:
+    gcg = cfg["gcg"]
     if max(gcg["iterations"]) > gcg["steps"]:
-        raise ValueError(
-            f"gcg.iterations goes up to {max(gcg['iterations'])} but gcg.steps is {gcg['steps']}"
-        )
+        _fail(f"gcg.iterations goes up to {max(gcg['iterations'])} but gcg.steps is {gcg['steps']}")
+
+
+# (keys that must all be given, check): rules across keys that a JSON Schema cannot state.
+_CONSISTENCY_RULES = [
+    (("data.split_fractions",), _split_fractions_sum),
+    (("data.stride", "data.window"), _stride_fits_window),
+    (("data.window", "model.max_position_embeddings"), _window_fits_model),
+    (("data.vocab_size", "model.vocab_size"), _vocab_fits_model),
+    (("model.hidden_size", "model.num_attention_heads", "model.num_key_value_heads"), _heads_divide),
+    (("train.batch_size", "train.micro_batch_size"), _micro_batch_divides),
+    (("gcg.prefix_length", "gcg.target_length", "data.window"), _attack_fits_window),
+    (("gcg.iterations", "gcg.steps"), _budgets_within_steps),
+]
 
 
 def load_config(path: Optional[Path] = None, overrides: Optional[Mapping] = None) -> dict:

@@ -1,0 +1,27 @@
+# Inverse Language Modeling (arXiv 2510.01929): from raw text to the paper's tables and figures.
+# Presets: config.yaml (paper), profiles/demo (CPU, offline), tests/smoke.yaml (CI).
+import os
+
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/attack.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,121 @@
+"""GCG throughput: sample-steps per second of `ilm.gcg.run` against a naive one-sample GCG.
+
+The paper model (config.yaml `model:`) with random weights. The naive reference attacks one
+sample at a time and scores candidates with a plain HF forward (full-sequence logits), as a
+straightforward GCG implementation would; its rate does not depend on S, so it is measured
+once. On CUDA both run under bf16 autocast.
+
+    python benchmarks/gcg_step.py                         # width 4096 on CUDA, 256 on CPU; S in {1, 8, 64}
+    python benchmarks/gcg_step.py --width 64 --steps 2 --samples 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ilm.config import load_config
+from ilm.gcg import GCGConfig, run
+from ilm.model import build_model, resolve_device
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def naive_attack(model, prefix: torch.Tensor, target: torch.Tensor, cfg: GCGConfig, seed: int) -> float:
+    """Plain single-sample GCG (full logits, one candidate batch per step); returns the last best loss."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = model.get_input_embeddings().weight  # (V, H)
+    V, P, L = weight.shape[0], cfg.prefix_length, cfg.target_length
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=weight.device.type == "cuda" and cfg.precision == "bf16")
+    current = torch.randint(V, (P,), generator=gen).to(weight.device)
+    best = float("inf")
+    for _ in range(cfg.steps):
+        one_hot = F.one_hot(current, V).to(weight.dtype).requires_grad_(True)  # (P, V)
+        with amp:
+            embeds = torch.cat([one_hot @ weight, model.get_input_embeddings()(target)])[None]  # (1, P+L, H)
+            logits = model(inputs_embeds=embeds).logits[0, P - 1 : -1]  # (L, V)
+            loss = F.cross_entropy(logits.float(), target)
+        (grad,) = torch.autograd.grad(loss, one_hot)  # (P, V)
+        top = (grad / grad.norm(dim=-1, keepdim=True)).topk(cfg.top_k, dim=-1, largest=False).indices  # (P, K)
+        pos = torch.randint(P, (cfg.search_width,), generator=gen).to(weight.device)
+        rank = torch.randint(cfg.top_k, (cfg.search_width,), generator=gen).to(weight.device)
+        cands = current.repeat(cfg.search_width, 1)  # (W, P)
+        cands[torch.arange(cfg.search_width), pos] = top[pos, rank]
+        with torch.no_grad(), amp:
+            ids = torch.cat([cands, target.repeat(cfg.search_width, 1)], dim=1)  # (W, P+L)
+            logits = model(input_ids=ids).logits[:, P - 1 : -1].float()  # (W, L, V)
+            losses = F.cross_entropy(logits.transpose(1, 2), target.repeat(cfg.search_width, 1), reduction="none")
+            losses = losses.mean(1)  # (W,)
+        i = int(losses.argmin())
+        current = cands[i]
+        best = min(best, float(losses[i]))
+    return best
+
+
+def measure(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--width", type=int, default=None, help="candidates per step (default 4096 CUDA, 256 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed GCG steps (default 10 CUDA, 2 CPU)")
+    parser.add_argument("--samples", type=int, nargs="+", default=[1, 8, 64], help="samples attacked together")
+    parser.add_argument("--top-k", type=int, default=None, help="default: gcg.top_k")
+    parser.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: gcg.precision")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    args = parser.parse_args()
+
+    cfg = load_config(args.config)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = device.type == "cuda"
+    width = args.width or (4096 if cuda else 256)
+    steps = args.steps or (10 if cuda else 2)
+    torch.manual_seed(0)
+    model = build_model(cfg["model"]).to(device).eval()
+    window = cfg["data"]["window"]
+    vocab = cfg["model"]["vocab_size"]
+    gcfg = GCGConfig.from_dict(
+        {**cfg["gcg"], "search_width": width, "steps": steps, "top_k": args.top_k or cfg["gcg"]["top_k"],
+         "precision": args.precision or cfg["gcg"]["precision"]}
+    )
+    P, L = gcfg.prefix_length, gcfg.target_length
+    data = torch.randint(vocab, (max(args.samples), window), generator=torch.Generator().manual_seed(1))
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {name} | model {sum(p.numel() for p in model.parameters()):,} params | width {width} | "
+          f"top-k {gcfg.top_k} | steps {steps} | precision {gcfg.precision if cuda else 'fp32'}")
+
+    # Warm up both paths (allocator, kernels) on one short attack.
+    warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
+    run(model, data[:1, :P], data[:1, P : P + L], warm, [0])
+    naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
+
+    naive_s = measure(lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0),
+                      device)
+    naive_rate = steps / naive_s
+    print(f"{'S':>4} | {'ilm.gcg.run sample-steps/s':>26} | {'naive sample-steps/s':>20} | {'speed-up':>8}")
+    for S in args.samples:
+        seconds = measure(lambda: run(model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
+        rate = S * steps / seconds
+        print(f"{S:>4} | {rate:>26.2f} | {naive_rate:>20.2f} | {rate / naive_rate:>7.1f}x")
+
+
+if __name__ == "__main__":
+    main()

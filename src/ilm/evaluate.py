@@ -1,0 +1,164 @@
+"""Test-split evaluation: forward LM quality and inverse accuracy under every protocol (method-spec §6.1).
+
+forward.json: next-token CE, perplexity and top-k accuracy on the plain test windows (what
+GCG sees), the last position having no target. inverse.json: for each protocol (identity,
+bert_like, inv_first) the sorted top-k accuracy and CE of classifying input tokens from
+the variant's own projection (x - g, or g alone for the `*_grad` variants; the Baseline
+uses x - g), so every variant, the Baseline included, is measured the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ilm.data import load_split
+from ilm.io import provenance, write_json
+from ilm.model import load_model, resolve_device
+from ilm.objectives import PROTOCOLS, ObjectiveConfig, inverse_logits, parse_variant, topk_correct
+
+logger = logging.getLogger("ilm.evaluate")
+
+
+def _batches(windows: np.ndarray, batch_size: int, device: torch.device, desc: str):
+    """(B, T) int64 id tensors over `windows` in order, with a progress bar."""
+    starts = range(0, windows.shape[0], batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True, leave=False):
+        yield torch.from_numpy(np.asarray(windows[start : start + batch_size], dtype=np.int64)).to(device)
+
+
+@torch.no_grad()
+def forward_metrics(
+    model: torch.nn.Module, windows: np.ndarray, batch_size: int, ks: Sequence[int], device: torch.device
+) -> dict:
+    """Next-token CE, perplexity, top-k accuracy and the number of predicted positions (§1.2).
+
+    Position t predicts token t+1; the last position has no target (DESIGN fidelity decision).
+    """
+    ce_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in ks}
+    tokens = 0
+    for ids in _batches(windows, batch_size, device, "forward"):  # (B, T)
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+        logits = logits.reshape(-1, logits.shape[-1])  # (B*(T-1), V)
+        targets = ids[:, 1:].reshape(-1)  # (B*(T-1),)
+        ce_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+        for k, hits in topk_correct(logits, targets, ks).items():
+            correct[k] += hits
+        tokens += targets.numel()
+    ce = float(ce_sum) / tokens
+    out = {"ce": ce, "perplexity": float(np.exp(ce))}
+    out.update({f"top{k}": int(correct[k]) / tokens for k in ks})
+    out["tokens"] = tokens
+    return out
+
+
+@torch.no_grad()
+def inverse_metrics(
+    model: torch.nn.Module,
+    windows: np.ndarray,
+    protocol: str,
+    gradient_only: bool,
+    objective_cfg: ObjectiveConfig,
+    batch_size: int,
+    ks: Sequence[int],
+    seed: int,
+    device: torch.device,
+) -> dict:
+    """Sorted top-k accuracy and CE of the inverse classification under one protocol (§1.5-§1.7, §6.1).
+
+    g is taken without double backprop; the Bert-like masks come from a generator seeded
+    with `seed`, so the result is deterministic.
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    ce_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in ks}
+    rows = 0
+    for ids in _batches(windows, batch_size, device, f"inverse {protocol}"):  # (B, T)
+        _, logits, targets = inverse_logits(
+            model, ids, protocol, gradient_only, objective_cfg, generator=generator, create_graph=False
+        )  # (M, V), (M,)
+        ce_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
+        for k, hits in topk_correct(logits, targets, ks).items():
+            correct[k] += hits
+        rows += targets.numel()
+    out = {f"top{k}": int(correct[k]) / rows for k in ks}
+    out.update({"ce": float(ce_sum) / rows, "rows": rows})
+    return out
+
+
+def _check_test_windows(data_dir: Path, windows: np.ndarray, model: torch.nn.Module) -> None:
+    if windows.ndim != 2 or windows.shape[0] == 0:
+        raise ValueError(
+            f"{data_dir}/test.npy must hold at least one window (shape {windows.shape}); "
+            "prepare more data or change data.split_fractions"
+        )
+    if windows.shape[1] < 2:
+        raise ValueError(f"{data_dir}/test.npy windows have {windows.shape[1]} token(s); at least 2 are needed")
+    max_positions = model.config.max_position_embeddings
+    if windows.shape[1] > max_positions:
+        raise ValueError(
+            f"the test windows have {windows.shape[1]} tokens but the model takes at most {max_positions}; "
+            "evaluate data prepared with the model's data.window"
+        )
+    largest = int(windows.max())
+    if largest >= model.config.vocab_size:
+        raise ValueError(
+            f"{data_dir}/test.npy holds token id {largest} but the model's vocabulary has "
+            f"{model.config.vocab_size} entries; evaluate with the data the model was trained on"
+        )
+
+
+def evaluate(
+    model_dir: Path,
+    data_dir: Path,
+    variant: str,
+    forward_out: Path,
+    inverse_out: Path,
+    config: dict,
+) -> None:
+    """Write forward.json and inverse.json for the model in model_dir on the test split."""
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    eval_cfg: Mapping = config["evaluate"]
+    _, gradient_only = parse_variant(variant)  # the Baseline projects x - g like the plain variants
+    objective_cfg = ObjectiveConfig.from_dict(config["objective"])
+    ks = sorted(set(eval_cfg["top_k"]))
+    device = resolve_device(eval_cfg["device"])
+
+    windows = load_split(data_dir, "test")
+    if eval_cfg["max_sequences"] is not None:
+        windows = windows[: eval_cfg["max_sequences"]]
+    model = load_model(model_dir, device)  # eval mode
+    _check_test_windows(data_dir, windows, model)
+    logger.info("evaluating %s (%s) on %d test windows on %s", variant, model_dir, windows.shape[0], device)
+
+    forward = forward_metrics(model, windows, eval_cfg["batch_size"], ks, device)
+    inverse = {
+        protocol: inverse_metrics(
+            model, windows, protocol, gradient_only, objective_cfg, eval_cfg["batch_size"], ks, eval_cfg["seed"], device
+        )
+        for protocol in PROTOCOLS
+    }
+    meta = provenance(
+        {"objective": dict(config["objective"]), "evaluate": dict(eval_cfg)},
+        variant=variant,
+        model_dir=str(model_dir),
+        data_dir=str(data_dir),
+        sequences=int(windows.shape[0]),
+    )
+    write_json(forward_out, {**forward, "meta": meta})
+    write_json(inverse_out, {**inverse, "meta": meta})
+    first = f"top{ks[0]}"
+    logger.info(
+        "%s: forward ce %.4f (ppl %.2f, %s %.3f) | inverse %s %s",
+        variant, forward["ce"], forward["perplexity"], first, forward[first], first,
+        ", ".join(f"{p} {inverse[p][first]:.3f}" for p in PROTOCOLS),
+    )

@@ -1,0 +1,323 @@
+"""The training objectives: forward next-token CE and the inverse (ILM) losses (method-spec §1).
+
+Every ILM variant classifies token ids from a vector built out of g, the gradient of the
+forward CE with respect to the input embeddings (§1.3, §1.5-§1.7):
+
+    L = lambda_ce * L_fwd + lambda_inv * L_inv
+
+Conventions that differ from the paper's code (DESIGN.md "Fidelity decisions"):
+* the last position has no target (the paper trained it to predict <unk>, §9.1.4);
+* g = d(summed CE)/dx / grad_scale_tokens, so its scale does not depend on the micro-batch (§9.1.2);
+* Bert-like projects the <pad> embedding minus g, not the integer pad id minus g (§9.1.3);
+* top-k inverse accuracy uses a sorted top-k (§9.6.1).
+
+Under `create_graph=True` (training) g keeps its graph and the loss is back-propagated
+through it (double backprop). With `create_graph=False` g is a constant. Called under
+`torch.no_grad()` (evaluation), g is still computed (grad mode is switched on locally, the
+gradient is taken with respect to the embeddings only, so no parameter `.grad` is touched)
+and every returned tensor is detached.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ilm.model import BOS_ID, PAD_ID
+
+VARIANTS: tuple[str, ...] = (
+    "base",
+    "identity",
+    "bert_like",
+    "inv_first",
+    "identity_grad",
+    "bert_like_grad",
+    "inv_first_grad",
+)
+PROTOCOLS: tuple[str, ...] = ("identity", "bert_like", "inv_first")
+_GRADIENT_ONLY_SUFFIX = "_grad"
+
+
+def parse_variant(name: str) -> tuple[Optional[str], bool]:
+    """(protocol, gradient_only) of a variant name; `base` has protocol None (§1.1)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; valid variants are: {', '.join(VARIANTS)}")
+    if name == "base":
+        return None, False
+    if name.endswith(_GRADIENT_ONLY_SUFFIX):
+        return name[: -len(_GRADIENT_ONLY_SUFFIX)], True
+    return name, False
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown inverse protocol {protocol!r}; valid protocols are: {', '.join(PROTOCOLS)}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The `objective:` section of the config."""
+
+    lambda_ce: float = 1.0  # weight of the forward next-token CE
+    lambda_inv: float = 0.5  # weight of the inverse CE (the paper's lambda_pag)
+    grad_scale_tokens: float = 65536.0  # g = d(sum CE)/dx / this; 65536 = the paper's 256x256 mean
+    mask_fraction: float = 0.1  # Bert-like: share of positions replaced by <pad>, at least one
+
+    def __post_init__(self) -> None:
+        if self.lambda_ce < 0:
+            raise ValueError(f"objective.lambda_ce must be >= 0 (got {self.lambda_ce})")
+        if self.lambda_inv < 0:
+            raise ValueError(f"objective.lambda_inv must be >= 0 (got {self.lambda_inv})")
+        if not self.grad_scale_tokens > 0:
+            raise ValueError(f"objective.grad_scale_tokens must be > 0 (got {self.grad_scale_tokens})")
+        if not 0 < self.mask_fraction <= 1:
+            raise ValueError(f"objective.mask_fraction must be in (0, 1] (got {self.mask_fraction})")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ObjectiveConfig":
+        """Build from `config["objective"]`; unknown keys are an error, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) objective.{', objective.'.join(unknown)}; valid keys are: {', '.join(sorted(known))}"
+            )
+        values = {}
+        for key, value in d.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"objective.{key} must be a number, got {value!r}")
+            values[key] = float(value)
+        return cls(**values)
+
+
+@dataclass
+class ObjectiveOutput:
+    """What one micro-batch step of the objective produces."""
+
+    loss: torch.Tensor  # scalar; differentiable (through g too when create_graph) unless called under no_grad
+    ce: torch.Tensor  # forward CE, mean over predicted positions, detached
+    inv_ce: Optional[torch.Tensor]  # inverse CE, detached; None for base
+    inv_correct: dict[int, torch.Tensor]  # k -> inverse rows whose target is in the top-k, detached
+    inv_rows: int  # rows of the inverse classification (0 for base)
+
+
+def embed(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """E[input_ids], attached to the embedding weight.  (N, T) -> (N, T, d)"""
+    return model.get_input_embeddings()(input_ids)
+
+
+def forward_ce(
+    model: torch.nn.Module, inputs_embeds: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Next-token CE of logits at positions 0..T-2 against `targets` = ids[:, 1:] (§1.2).
+
+    The last position is not scored (DESIGN fidelity decision). `reduction`: mean | sum | none
+    ("none" gives (N, T-1)).
+    """
+    n, t = inputs_embeds.shape[:2]
+    if targets.shape != (n, t - 1):
+        raise ValueError(f"targets must have shape (N, T-1) = {(n, t - 1)}, got {tuple(targets.shape)}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    logits = model(inputs_embeds=inputs_embeds, use_cache=False).logits[:, :-1]  # (N, T-1, V)
+    logits = _upcast(logits)
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
+    return ce.view(n, t - 1) if reduction == "none" else ce
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    # CE in half precision loses the small probabilities; float64 (tests) is kept as it is.
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def project_to_vocab(model: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """logits = RMSNorm_final(v) @ W_head.detach().T (§1.3).  (M, d) -> (M, V)
+
+    The final norm is the model's own and is trained by the inverse loss; the tied head is
+    detached so the projection sends no gradient into it.
+    """
+    head = model.get_output_embeddings()
+    h = model.model.norm(v)  # (M, d)
+    logits = h @ head.weight.detach().T  # (M, V)
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias.detach()
+    return logits
+
+
+def mask_count(seq_len: int, mask_fraction: float) -> int:
+    """k = max(1, floor(mask_fraction * T)) masked positions per sequence (§1.6)."""
+    return max(1, math.floor(mask_fraction * seq_len))
+
+
+def draw_mask_positions(
+    batch: int, seq_len: int, mask_fraction: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """Bert-like positions: k per sequence, uniform without replacement (§1.6).
+
+    -> (N, k), on the generator's device (CPU without one), so a seed draws the same mask anywhere.
+    """
+    k = mask_count(seq_len, mask_fraction)
+    device = generator.device if generator is not None else torch.device("cpu")
+    scores = torch.rand((batch, seq_len), generator=generator, device=device)  # (N, T)
+    return scores.argsort(dim=1)[:, :k]  # (N, k)
+
+
+def apply_mask(input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A copy of `input_ids` (N, T) with <pad> at `positions` (N, k) (§1.6)."""
+    return input_ids.scatter(1, positions.to(input_ids.device), PAD_ID)
+
+
+def _input_gradient(
+    ce_sum: torch.Tensor, x: torch.Tensor, cfg: ObjectiveConfig, create_graph: bool, retain_graph: bool
+) -> torch.Tensor:
+    """g = d(summed CE)/dx / grad_scale_tokens (DESIGN fidelity decision).  -> x.shape"""
+    (grad,) = torch.autograd.grad(ce_sum, x, create_graph=create_graph, retain_graph=retain_graph)
+    return grad / cfg.grad_scale_tokens
+
+
+def _combine(x: torch.Tensor, g: torch.Tensor, gradient_only: bool) -> torch.Tensor:
+    # grad-value strategy (`*_grad`, the paper's val-*) vs grad-subtract (§1.3)
+    return g if gradient_only else x - g
+
+
+def _check_input_ids(input_ids: torch.Tensor) -> None:
+    if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be a (N, T) int64 tensor, got {tuple(input_ids.shape)} {input_ids.dtype}")
+    if input_ids.shape[1] < 2:
+        raise ValueError(
+            f"input_ids must hold at least 2 tokens per sequence to have a next-token target, "
+            f"got T={input_ids.shape[1]}"
+        )
+
+
+def _inverse_pass(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    protocol: str,
+    gradient_only: bool,
+    cfg: ObjectiveConfig,
+    generator: Optional[torch.Generator],
+    create_graph: bool,
+    retain_graph: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(forward CE mean of the protocol's pass, inverse logits (M, V), targets (M,)); grad mode on."""
+    targets_next = input_ids[:, 1:]  # (N, T-1): always the original tokens
+    if protocol == "identity":  # §1.5: every position classifies its own token
+        x = embed(model, input_ids)  # (N, T, d)
+        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
+        g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
+        v = _combine(x, g, gradient_only).reshape(-1, x.shape[-1])  # (N*T, d)
+        targets = input_ids.reshape(-1)  # (N*T,)
+    elif protocol == "bert_like":  # §1.6: k positions -> <pad>, classify the originals there
+        n, t = input_ids.shape
+        positions = draw_mask_positions(n, t, cfg.mask_fraction, generator).to(input_ids.device)  # (N, k)
+        masked_ids = apply_mask(input_ids, positions)  # (N, T)
+        x = embed(model, masked_ids)  # (N, T, d); x[b, positions[b]] == E[pad]
+        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
+        g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
+        rows = positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (N, k, d)
+        v = _combine(x.gather(1, rows), g.gather(1, rows), gradient_only).reshape(-1, x.shape[-1])  # (N*k, d)
+        targets = input_ids.gather(1, positions).reshape(-1)  # (N*k,)
+    elif protocol == "inv_first":  # §1.7: position 0 -> <s>, classify the original first token
+        bos_ids = input_ids.clone()
+        bos_ids[:, 0] = BOS_ID
+        x = embed(model, bos_ids)  # (N, T, d)
+        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
+        g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
+        v = _combine(x[:, 0], g[:, 0], gradient_only)  # (N, d)
+        targets = input_ids[:, 0]  # (N,)
+    else:
+        raise AssertionError(f"unchecked protocol {protocol!r}")
+    return ce.mean(), project_to_vocab(model, v), targets
+
+
+def inverse_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    protocol: str,
+    gradient_only: bool,
+    cfg: ObjectiveConfig,
+    generator: Optional[torch.Generator] = None,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse classification of one protocol (§1.5-§1.7) on any model.
+
+    Returns (forward CE mean of the pass the protocol differentiates, logits (M, V), targets (M,)).
+    For bert_like that CE is the MASKED pass's, not the clean L_fwd. `generator` draws the
+    Bert-like mask. The caller's `input_ids` is never modified. Under no_grad the results are
+    detached; with grad enabled they stay differentiable.
+    """
+    _check_protocol(protocol)
+    _check_input_ids(input_ids)
+    track = torch.is_grad_enabled()
+    with torch.enable_grad():
+        ce, logits, targets = _inverse_pass(
+            model, input_ids, protocol, gradient_only, cfg, generator, create_graph,
+            retain_graph=create_graph or track,
+        )
+    if not track:
+        ce, logits = ce.detach(), logits.detach()
+    return ce, logits, targets
+
+
+@torch.no_grad()
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Tensor]:
+    """k -> number of rows whose target is among the k largest logits (sorted top-k, §9.6.1).  logits (M, V)"""
+    if any(k < 1 for k in ks):
+        raise ValueError(f"top-k values must be >= 1, got {list(ks)}")
+    if not ks:
+        return {}
+    largest = min(max(ks), logits.shape[-1])
+    top = logits.topk(largest, dim=-1, sorted=True).indices  # (M, K)
+    hits = top == targets.unsqueeze(-1)  # (M, K); at most one True per row
+    return {k: hits[:, :k].any(dim=-1).sum() for k in ks}
+
+
+def compute_objective(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    variant: str,
+    cfg: ObjectiveConfig,
+    generator: Optional[torch.Generator] = None,
+    create_graph: bool = True,
+    top_k: Sequence[int] = (1, 3, 5),
+) -> ObjectiveOutput:
+    """L = lambda_ce * L_fwd + lambda_inv * L_inv for one micro-batch of a variant (§1.4-§1.7).
+
+    identity / inv_first: one forward + one double backward (L_fwd comes from the pass that gives g).
+    bert_like: a clean forward for L_fwd and a masked forward for g; the masked CE enters only
+    through g. base: L_fwd only. `input_ids` (N, T) is never modified.
+    """
+    protocol, gradient_only = parse_variant(variant)
+    _check_input_ids(input_ids)
+    track = torch.is_grad_enabled()
+    with torch.enable_grad():
+        if protocol is None or protocol == "bert_like":
+            with torch.set_grad_enabled(track):  # the clean pass needs no graph in evaluation
+                ce = forward_ce(model, embed(model, input_ids), input_ids[:, 1:])
+        if protocol is None:
+            loss = cfg.lambda_ce * ce
+            inv_ce, inv_correct, inv_rows = None, {}, 0
+        else:
+            pass_ce, logits, targets = _inverse_pass(
+                model, input_ids, protocol, gradient_only, cfg, generator, create_graph,
+                retain_graph=create_graph or track,
+            )
+            if protocol != "bert_like":
+                ce = pass_ce
+            inv_ce = F.cross_entropy(_upcast(logits), targets)
+            loss = cfg.lambda_ce * ce + cfg.lambda_inv * inv_ce
+            inv_correct = topk_correct(logits, targets, top_k)
+            inv_rows = targets.numel()
+            inv_ce = inv_ce.detach()
+    return ObjectiveOutput(
+        loss=loss if track else loss.detach(),
+        ce=ce.detach(),
+        inv_ce=inv_ce,
+        inv_correct=inv_correct,
+        inv_rows=inv_rows,
+    )

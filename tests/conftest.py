@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny generated corpus and the data directory prepared from it.
+
+Both are session-scoped (built once per test run): treat them as read-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ilm.config import validate_config
+from ilm.corpus import write_corpus
+from ilm.data import prepare_data
+
+# Small enough for a fast BPE and a tiny model: stories of a few hundred tokens give several windows each.
+TINY_STORIES = 40
+TINY_CORPUS_SEED = 11
+TINY_DATA = {"vocab_size": 256, "min_frequency": 2, "window": 32, "stride": 24, "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def tiny_data_config() -> dict:
+    """The validated `data:` section used for tiny_data_dir (vocab 256, window 32, stride 24, split by story)."""
+    return validate_config({"data": dict(TINY_DATA)})["data"]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated corpus of 40 stories separated by <|endoftext|> lines."""
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    write_corpus(path, n_stories=TINY_STORIES, seed=TINY_CORPUS_SEED)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tiny_corpus: Path, tiny_data_config: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """prepare_data run on tiny_corpus: tokenizer.json, {train,validation,test}.npy, stats.json."""
+    out = tmp_path_factory.mktemp("data") / "data"
+    prepare_data(str(tiny_corpus), out, tiny_data_config)
+    return out

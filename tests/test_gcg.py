@@ -1,0 +1,233 @@
+"""The GCG attack engine (method-spec §4.2) on tiny CPU models with fixed seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ilm.config import load_config
+from ilm.gcg import (
+    GCGConfig,
+    candidate_losses,
+    prefix_gradient,
+    run,
+    sample_candidates,
+    sample_generator,
+    top_k_substitutions,
+)
+from ilm.model import SPECIAL_TOKENS, build_model
+
+V, P, L = 48, 6, 4
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=V,
+    max_position_embeddings=32,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model({**TINY, **overrides}).eval()
+
+
+def random_ids(shape, seed: int, high: int = V) -> torch.Tensor:
+    return torch.randint(high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def config(**overrides) -> GCGConfig:
+    base = dict(prefix_length=P, target_length=L, steps=6, search_width=24, top_k=8,
+                max_candidates_per_forward=1000, precision="fp32")
+    return GCGConfig(**{**base, **overrides})
+
+
+def reference_loss(model, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean target CE from a plain full-sequence HF forward: logit t-1 predicts token t."""
+    ids = torch.cat([prefix, target], dim=1)
+    logits = model(input_ids=ids).logits  # (N, P+L, V)
+    pred = logits[:, prefix.shape[1] - 1 : -1]  # (N, L, V)
+    return F.cross_entropy(pred.transpose(1, 2), target, reduction="none").mean(1)
+
+
+def test_config_from_paper_yaml():
+    """GCGConfig takes the paper's values from config.yaml's gcg section and ignores the other keys."""
+    cfg = GCGConfig.from_dict(load_config()["gcg"])
+    assert (cfg.prefix_length, cfg.target_length, cfg.steps, cfg.search_width, cfg.top_k, cfg.seed) == (
+        20, 10, 500, 4096, 256, 444,
+    )
+    with pytest.raises(ValueError, match="gcg.precision"):
+        GCGConfig.from_dict({"precision": "fp8"})
+
+
+def test_trajectory_never_increases_and_ends_at_attack_loss():
+    """The best-so-far trajectory is non-increasing, has one entry per step and ends at the best attack's loss."""
+    model = tiny_model()
+    prefix, target = random_ids((3, P), 1), random_ids((3, L), 2)
+    results = run(model, prefix, target, config(steps=10), sample_seeds=[0, 1, 2])
+    with torch.no_grad():
+        attack = torch.tensor([r.attack_ids for r in results])
+        ref_attack = reference_loss(model, attack, target)
+        ref_orig = reference_loss(model, prefix, target)
+    for i, r in enumerate(results):
+        traj = torch.tensor(r.trajectory)
+        assert len(traj) == 10 and len(r.attack_ids) == P
+        assert torch.all(traj[1:] <= traj[:-1])
+        assert r.trajectory[-1] == r.attack_loss == r.trajectory[r.best_step]
+        assert r.best_step == 0 or r.trajectory[r.best_step - 1] > r.attack_loss
+        assert r.attack_loss == pytest.approx(float(ref_attack[i]), abs=1e-5)
+        assert r.orig_loss == pytest.approx(float(ref_orig[i]), abs=1e-5)
+        assert r.kl >= 0 and r.seconds > 0
+
+
+def test_candidates_substitute_one_top_k_token():
+    """Each candidate equals the current prefix except at its drawn position, which holds a token of that position's top-k."""
+    S, K, W = 2, 5, 400
+    current = random_ids((S, P), 3, high=10)
+    # Top-k tokens >= 10 never equal a current token, so every candidate differs in exactly one place.
+    top = 10 + random_ids((S, P, K), 4, high=V - 10)
+    gens = [sample_generator(444, s) for s in range(S)]
+    cands = sample_candidates(current, top, W, gens)
+    assert cands.ids.shape == (S, W, P)
+    changed = cands.ids != current[:, None, :]  # (S, W, P)
+    assert torch.all(changed.sum(-1) == 1)
+    assert torch.equal(changed.float().argmax(-1), cands.positions)
+    picked = cands.ids.gather(2, cands.positions[..., None]).squeeze(-1)
+    assert torch.equal(picked, cands.tokens)
+    allowed = top.gather(1, cands.positions[..., None].expand(S, W, K))  # (S, W, K) the drawn position's top-k
+    assert torch.all((allowed == cands.tokens[..., None]).any(-1))
+    # Uniform draws over 400 candidates reach every position.
+    for s in range(S):
+        assert set(cands.positions[s].tolist()) == set(range(P))
+    again = sample_candidates(current, top, W, [sample_generator(444, s) for s in range(S)])
+    assert torch.equal(again.ids, cands.ids)
+
+
+def test_top_k_takes_most_negative_and_skips_banned():
+    """top_k_substitutions ranks by the most negative normalised gradient, never proposes banned ids, zeroes non-finite values."""
+    grad = torch.zeros(1, 2, 8)
+    grad[0, 0] = torch.tensor([5.0, -1.0, -3.0, 0.5, -2.0, 1.0, 2.0, 3.0])
+    grad[0, 1] = torch.tensor([-9.0, float("nan"), 1.0, 1.0, -0.5, 1.0, 1.0, 1.0])
+    top = top_k_substitutions(grad, 3)
+    assert top[0, 0].tolist() == [2, 4, 1]
+    assert top[0, 1, :2].tolist() == [0, 4] and int(top[0, 1, 2]) == 1  # NaN became 0, the next smallest
+    banned = top_k_substitutions(grad, 3, banned=torch.tensor([2, 0]))
+    assert banned[0, 0].tolist() == [4, 1, 3]
+    assert 0 not in banned[0, 1].tolist()
+
+
+def test_prefix_gradient_matches_embedding_gradient():
+    """The one-hot gradient equals the input-embedding gradient of a plain HF forward times E^T."""
+    model = tiny_model(seed=5).double()
+    prefix, target = random_ids((2, P), 6), random_ids((2, L), 7)
+    emb = model.get_input_embeddings()
+    grad = prefix_gradient(model, prefix, target, emb(target).detach(), "fp32")  # (S, P, V)
+    x = emb(torch.cat([prefix, target], 1)).detach().requires_grad_(True)
+    logits = model(inputs_embeds=x).logits[:, P - 1 : -1]
+    loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(1).sum()
+    (gx,) = torch.autograd.grad(loss, x)
+    expected = gx[:, :P] @ emb.weight.T  # (S, P, V)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1000, 7])
+def test_candidate_losses_match_plain_forward(chunk):
+    """Batched candidate losses (hidden states sliced before the LM head, chunked) equal full-logit single-sequence CE."""
+    model = tiny_model(seed=8)
+    S, W = 2, 9
+    cands = random_ids((S, W, P), 9)
+    target = random_ids((S, L), 10)
+    got = candidate_losses(model, cands, target, max_per_forward=chunk)  # (S, W)
+    with torch.no_grad():
+        for s in range(S):
+            for w in range(W):
+                ref = reference_loss(model, cands[s, w][None], target[s][None])
+                assert float(got[s, w]) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_batch_independence_float64():
+    """A sample's attack is the same alone or among others and for any chunk size (float64, to 1e-9)."""
+    model = tiny_model(seed=11).double()
+    prefix, target = random_ids((3, P), 12), random_ids((3, L), 13)
+    together = run(model, prefix, target, config(steps=8, max_candidates_per_forward=1000), sample_seeds=[5, 9, 14])
+    alone = run(model, prefix[1:2], target[1:2], config(steps=8, max_candidates_per_forward=7), sample_seeds=[9])[0]
+    mate = together[1]
+    assert mate.attack_ids == alone.attack_ids and mate.best_step == alone.best_step
+    assert max(abs(a - b) for a, b in zip(mate.trajectory, alone.trajectory)) < 1e-9
+    for key in ("orig_loss", "attack_loss", "kl"):
+        assert abs(getattr(mate, key) - getattr(alone, key)) < 1e-9
+    # Different samples draw from different streams.
+    assert together[0].attack_ids != together[2].attack_ids
+
+
+def test_bf16_on_cpu_runs_fp32():
+    """precision bf16 only autocasts on CUDA: on CPU it gives exactly the fp32 result."""
+    model = tiny_model(seed=15)
+    prefix, target = random_ids((1, P), 16), random_ids((1, L), 17)
+    a = run(model, prefix, target, config(steps=3, precision="bf16"), [0])[0]
+    b = run(model, prefix, target, config(steps=3, precision="fp32"), [0])[0]
+    assert dataclasses.replace(a, seconds=0) == dataclasses.replace(b, seconds=0)
+
+
+def test_special_tokens_excluded_when_disallowed():
+    """With allow_special_tokens false neither the init nor any candidate uses ids 0-5; top_k above the allowed count is refused."""
+    model = tiny_model(seed=18)
+    prefix, target = random_ids((4, P), 19), random_ids((4, L), 20)
+    cfg = config(steps=5, top_k=V - len(SPECIAL_TOKENS), allow_special_tokens=False)
+    for r in run(model, prefix, target, cfg, [0, 1, 2, 3]):
+        assert min(r.attack_ids) >= len(SPECIAL_TOKENS)
+    with pytest.raises(ValueError, match="gcg.top_k"):
+        run(model, prefix, target, config(top_k=V - 1, allow_special_tokens=False), [0, 1, 2, 3])
+
+
+def test_bad_shapes_are_refused():
+    """Prefixes or targets of the wrong length, or a missing seed, raise ValueError naming the setting."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match="gcg.prefix_length"):
+        run(model, random_ids((1, P + 1), 0), random_ids((1, L), 0), config(), [0])
+    with pytest.raises(ValueError, match="gcg.target_length"):
+        run(model, random_ids((1, P), 0), random_ids((1, L + 2), 0), config(), [0])
+    with pytest.raises(ValueError, match="sample seed"):
+        run(model, random_ids((2, P), 0), random_ids((2, L), 0), config(), [0])
+
+
+def test_attack_finds_trigger_on_memorised_model():
+    """On a model that memorised 4 windows, GCG from a random init beats a one-token-corrupted original prefix."""
+    vocab, p, t = 32, 4, 4
+    model = tiny_model(seed=0, vocab_size=vocab, num_hidden_layers=1, intermediate_size=64, max_position_embeddings=16)
+    data = 6 + random_ids((4, p + t), 3, high=vocab - 6)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(60):
+        loss = model(input_ids=data, labels=data).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert loss.item() < 0.01, "the model did not memorise its windows"
+    orig = data[:, :p].clone()
+    orig[:, -1] = 6 + (orig[:, -1] - 6 + 7) % (vocab - 6)  # the last prefix token drives the target most
+    cfg = GCGConfig(prefix_length=p, target_length=t, steps=20, search_width=64, top_k=16, precision="fp32")
+    results = run(model, orig, data[:, p:], cfg, sample_seeds=[0, 1, 2, 3])
+    for r in results:
+        assert r.orig_loss > 1.0  # the corruption broke the memorised continuation
+        assert r.attack_loss <= r.orig_loss
+        assert r.attack_loss < 0.1 * r.orig_loss
+        assert r.trajectory[0] > r.attack_loss  # the search improved on its first step

@@ -1,0 +1,366 @@
+"""The training loop: exact resume, gradient accumulation, schedule, best-model selection, outputs, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ilm.config import deep_merge, validate_config
+from ilm.model import build_model
+from ilm.objectives import ObjectiveConfig
+from ilm.train import (
+    LOG_COLUMNS,
+    WarmupLinearDecay,
+    accumulate_batch_gradients,
+    epoch_order,
+    train,
+)
+
+WINDOW, VOCAB = 16, 64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models run ~10x faster single-threaded on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(train: Optional[dict] = None, **sections) -> dict:
+    """A validated config with a 1-layer, 16-wide model and an 8-window batch (4 steps per epoch)."""
+    base = {
+        "data": {"vocab_size": VOCAB, "window": WINDOW, "stride": WINDOW},
+        "model": {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": WINDOW,
+        },
+        "train": {
+            "seed": 0,
+            "epochs": 2,
+            "batch_size": 8,
+            "micro_batch_size": 4,
+            "lr": 0.01,
+            "warmup_steps": 2,
+            "val_every": 2,
+            "val_sequences": 8,
+            "checkpoint_every": 100,
+            "log_every": 1,
+            "device": "cpu",
+        },
+        "evaluate": {"device": "cpu"},
+        "gcg": {"prefix_length": 4, "target_length": 4, "steps": 3, "iterations": [3]},
+    }
+    return validate_config(deep_merge(base, {"train": train or {}, **sections}))
+
+
+def write_data(
+    data_dir: Path, n_train: int = 32, n_val: int = 8, window: int = WINDOW, high: int = VOCAB, seed: int = 0
+) -> Path:
+    """Random uint16 windows of non-special ids as train/validation/test.npy."""
+    rng = np.random.default_rng(seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("validation", n_val), ("test", n_val)):
+        np.save(data_dir / f"{split}.npy", rng.integers(6, high, (n, window)).astype(np.uint16))
+    return data_dir
+
+
+def read_log(out_dir: Path) -> list[dict]:
+    with open(out_dir / "train_log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+
+
+def checkpoint_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint_dir / "last.pt", weights_only=True)["model"]
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# --- resume ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["base", "bert_like"])
+def test_resume_after_kill_is_bitwise_identical(tmp_path, variant):
+    """N steps straight == N/2 steps, a kill, a resume and N/2 more: same weights, log and best model."""
+    data = write_data(tmp_path / "data")
+    cfg = tiny_config({"max_steps": 6})
+
+    train(data, tmp_path / "out_a", tmp_path / "ckpt_a", variant, cfg)
+
+    train(data, tmp_path / "out_b", tmp_path / "ckpt_b", variant, cfg, stop_after_steps=3)
+    assert not (tmp_path / "out_b").exists(), "a killed run must not leave an output directory"
+    assert torch.load(tmp_path / "ckpt_b" / "last.pt", weights_only=True)["step"] == 3
+    train(data, tmp_path / "out_b", tmp_path / "ckpt_b", variant, cfg)
+
+    assert_bitwise_equal(checkpoint_weights(tmp_path / "ckpt_a"), checkpoint_weights(tmp_path / "ckpt_b"))
+    assert_bitwise_equal(
+        load_file(tmp_path / "out_a" / "model.safetensors"), load_file(tmp_path / "out_b" / "model.safetensors")
+    )
+    rows_a, rows_b = read_log(tmp_path / "out_a"), read_log(tmp_path / "out_b")
+    assert [int(r["step"]) for r in rows_a] == list(range(1, 7))
+    assert without_timing(rows_a) == without_timing(rows_b)
+
+
+def test_environment_stop_exits_nonzero_and_leaves_no_output(tmp_path, monkeypatch):
+    """ILM_STOP_AFTER_STEPS exits with status 3 after writing the checkpoint, before any out_dir."""
+    data = write_data(tmp_path / "data")
+    monkeypatch.setenv("ILM_STOP_AFTER_STEPS", "2")
+    with pytest.raises(SystemExit) as exc:
+        train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config())
+    assert exc.value.code == 3
+    assert not (tmp_path / "out").exists()
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["step"] == 2
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    """A checkpoint from a different variant or model is not resumed: ValueError naming the directory."""
+    data = write_data(tmp_path / "data")
+    train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config(), stop_after_steps=1)
+    with pytest.raises(ValueError, match=r"delete .*ckpt"):
+        train(data, tmp_path / "out", tmp_path / "ckpt", "identity", tiny_config())
+    with pytest.raises(ValueError, match=r"model\.hidden_size"):
+        train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config(model={"hidden_size": 32}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    """Each epoch visits every window once; the order depends only on (seed, epoch)."""
+    a = epoch_order(444, 3, 50)
+    assert sorted(a.tolist()) == list(range(50))
+    assert np.array_equal(a, epoch_order(444, 3, 50))
+    assert not np.array_equal(a, epoch_order(444, 4, 50))
+    assert not np.array_equal(a, epoch_order(445, 3, 50))
+
+
+# --- optimisation --------------------------------------------------------------------------------
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(tiny_config()["model"])
+
+
+@pytest.mark.parametrize("variant", ["base", "identity", "inv_first"])
+def test_accumulated_gradient_equals_full_batch_gradient(variant):
+    """Four micro-batches of 2 accumulate the same gradient as one batch of 8 (the batch mean)."""
+    ids = torch.randint(6, VOCAB, (8, WINDOW), generator=torch.Generator().manual_seed(1))
+    objective = ObjectiveConfig.from_dict(tiny_config()["objective"])
+    grads = []
+    for micro in (8, 2):
+        model = _model()
+        model.zero_grad()
+        stats = accumulate_batch_gradients(model, ids, micro, variant, objective)
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert math.isfinite(stats["loss"])
+    for full, accumulated in zip(*grads):
+        torch.testing.assert_close(accumulated, full, rtol=1e-5, atol=1e-7)
+
+
+def test_one_step_with_micro_batches_equals_one_full_batch_step(tmp_path):
+    """One optimizer step gives the same weights whether the batch runs as 1 or 4 micro-batches."""
+    data = write_data(tmp_path / "data")
+    # Adam's first update is ~lr*sign(g), so a small lr keeps rounding in tiny |g| below 1e-6
+    # while a wrong accumulation (a different gradient direction) still moves weights by ~2*lr.
+    lr = 1e-4
+    weights = []
+    for micro in (8, 2):
+        cfg = tiny_config({"micro_batch_size": micro, "max_steps": 1, "warmup_steps": 0, "lr": lr})
+        train(data, tmp_path / f"out{micro}", tmp_path / f"ckpt{micro}", "identity", cfg)
+        weights.append(checkpoint_weights(tmp_path / f"ckpt{micro}"))
+    initial = _model().state_dict()
+    for key in weights[0]:
+        torch.testing.assert_close(weights[1][key], weights[0][key], rtol=0, atol=1e-6)
+    moved = max(float((weights[0][k] - initial[k]).abs().max()) for k in initial)
+    assert moved > 0.5 * lr, "the step must move the weights"
+
+
+def test_schedule_warms_up_then_decays_linearly_to_zero():
+    """LR multiplier: 0 -> 1 over the warm-up, then linear to 0 at the last step."""
+    schedule = WarmupLinearDecay(warmup_steps=10, total_steps=110)
+    assert schedule(0) == 0.0
+    assert schedule(5) == pytest.approx(0.5)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.5)
+    assert schedule(110) == 0.0
+    assert schedule(200) == 0.0
+    assert WarmupLinearDecay(0, 4)(0) == 1.0
+
+
+def test_logged_learning_rate_follows_the_schedule(tmp_path):
+    """train_log.csv's lr at step s is lr x WarmupLinearDecay(s - 1) (the lr that step used)."""
+    data = write_data(tmp_path / "data")
+    cfg = tiny_config({"warmup_steps": 3, "lr": 0.02})
+    train(data, tmp_path / "out", tmp_path / "ckpt", "base", cfg)
+    schedule = WarmupLinearDecay(3, 8)
+    rows = read_log(tmp_path / "out")
+    assert len(rows) == 8
+    for row in rows:
+        assert float(row["lr"]) == pytest.approx(0.02 * schedule(int(row["step"]) - 1), abs=1e-12)
+
+
+def test_loss_decreases_on_a_learnable_sequence(tmp_path):
+    """Base learns a deterministic cyclic token pattern: the training CE falls well below its start."""
+    rng = np.random.default_rng(0)
+    offsets = rng.integers(0, 8, (64, 1))
+    windows = (6 + (offsets + np.arange(WINDOW)) % 8).astype(np.uint16)  # next token fixed by the current one
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, rows in (("train", windows[:48]), ("validation", windows[48:56]), ("test", windows[56:])):
+        np.save(data / f"{split}.npy", rows)
+    cfg = tiny_config(
+        {"epochs": 10, "batch_size": 8, "micro_batch_size": 8, "lr": 0.02, "warmup_steps": 5, "val_every": 10}
+    )
+    train(data, tmp_path / "out", tmp_path / "ckpt", "base", cfg)
+    rows = read_log(tmp_path / "out")
+    first, last = float(rows[0]["ce"]), float(rows[-1]["ce"])
+    assert first > 3.5  # about log(64) at initialisation
+    assert last < 0.5 * first
+    assert float(rows[-1]["val_ce"]) < 0.5 * first
+
+
+# --- best model and outputs ---------------------------------------------------------------------------
+
+
+def test_saved_model_is_the_one_with_the_lowest_validation_loss(tmp_path):
+    """out_dir and checkpoint_dir/best hold the weights of the step with the lowest recorded val loss."""
+    data = write_data(tmp_path / "data", n_train=16, n_val=8)
+    steps = 8
+    cfg = tiny_config({"epochs": steps, "val_every": 1, "lr": 0.05, "warmup_steps": 0})
+    ckpt = tmp_path / "ckpt"
+    weights_at = {}
+    for step in range(1, steps):  # one step per call: resume is exact, so these are the run's weights
+        train(data, tmp_path / "out", ckpt, "base", cfg, stop_after_steps=step)
+        weights_at[step] = checkpoint_weights(ckpt)
+    train(data, tmp_path / "out", ckpt, "base", cfg)
+    weights_at[steps] = checkpoint_weights(ckpt)
+
+    rows = read_log(tmp_path / "out")
+    val = {int(r["step"]): float(r["val_loss"]) for r in rows}
+    best_step = min(val, key=val.get)
+    assert best_step != steps, "pick a setting where the last step is not the best, or the test proves little"
+    run_config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert run_config["best_step"] == best_step
+    assert run_config["best_val_loss"] == pytest.approx(val[best_step])
+
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    for key, value in saved.items():
+        assert torch.equal(value, weights_at[best_step][key]), key
+    assert json.loads((ckpt / "best" / "best.json").read_text())["step"] == best_step
+    best_dir = load_file(ckpt / "best" / "model.safetensors")
+    assert all(torch.equal(best_dir[k], saved[k]) for k in saved)
+
+
+def test_resume_repairs_a_best_dir_written_after_the_checkpoint(tmp_path):
+    """A best/ newer than last.pt (killed between the two writes) is replaced by the checkpoint's best model."""
+    data = write_data(tmp_path / "data")
+    cfg = tiny_config({"val_every": 2})
+    ckpt = tmp_path / "ckpt"
+    train(data, tmp_path / "out", ckpt, "base", cfg, stop_after_steps=2)
+    expected = load_file(ckpt / "best" / "model.safetensors")
+    (ckpt / "best" / "best.json").write_text(json.dumps({"step": 5, "val_loss": 0.0}))  # a later run's best
+    (ckpt / "best" / "model.safetensors").unlink()
+    train(data, tmp_path / "out", ckpt, "base", cfg, stop_after_steps=3)  # no validation at step 3
+    assert json.loads((ckpt / "best" / "best.json").read_text())["step"] == 2
+    repaired = load_file(ckpt / "best" / "model.safetensors")
+    assert all(torch.equal(repaired[k], expected[k]) for k in expected)
+
+
+def test_output_directory_contents(tmp_path):
+    """out_dir holds an HF model, a train log with the documented columns and a run_config with provenance."""
+    from ilm.model import load_model
+
+    data = write_data(tmp_path / "data")
+    cfg = tiny_config({"max_steps": 3, "val_every": 2, "log_every": 2})
+    train(data, tmp_path / "out", tmp_path / "ckpt", "inv_first", cfg)
+    out = tmp_path / "out"
+    assert {"config.json", "model.safetensors", "train_log.csv", "run_config.json"} <= {p.name for p in out.iterdir()}
+    with open(out / "train_log.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == LOG_COLUMNS
+        rows = list(reader)
+    assert [int(r["step"]) for r in rows] == [2, 3]  # log_every 2 and the final validation
+    assert all(r["inv_ce"] and r["val_loss"] and r["val_ce"] for r in rows)
+    assert int(rows[-1]["tokens"]) == 3 * 8 * WINDOW
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["variant"] == "inv_first"
+    assert run_config["steps"] == 3
+    assert run_config["parameters"] == sum(p.numel() for p in _model().parameters())
+    assert run_config["config"]["model"]["hidden_size"] == 16
+    assert "torch" in run_config and "git_commit" in run_config
+    model = load_model(out)
+    assert model.config.vocab_size == VOCAB
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "no temporary sibling left behind"
+
+
+def test_split_smaller_than_batch_trains_on_the_whole_split(tmp_path, caplog):
+    """With fewer train windows than batch_size every step uses the whole split (with a warning)."""
+    data = write_data(tmp_path / "data", n_train=6)
+    cfg = tiny_config({"batch_size": 16, "micro_batch_size": 4, "epochs": 3})
+    with caplog.at_level("WARNING", logger="ilm.train"):
+        train(data, tmp_path / "out", tmp_path / "ckpt", "base", cfg)
+    assert "fewer than train.batch_size" in caplog.text
+    rows = read_log(tmp_path / "out")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert int(rows[-1]["tokens"]) == 3 * 6 * WINDOW
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def _tokenizer(path: Path, size: int) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    Tokenizer(WordLevel({f"t{i}": i for i in range(size)}, unk_token="t0")).save(str(path))
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown_variant", r"unknown variant 'bogus'"),
+        ("token_id_beyond_vocab", r"token id \d+ but model\.vocab_size is 32"),
+        ("tokenizer_beyond_vocab", r"model\.vocab_size \(64\) is smaller than the tokenizer's vocabulary \(80"),
+        ("window_too_long", r"32 tokens but model\.max_position_embeddings is 16"),
+        ("empty_validation", r"validation split .* is empty"),
+    ],
+)
+def test_bad_input_raises_a_clear_error_and_writes_nothing(tmp_path, case, message):
+    """Unusable data or settings fail before training with a ValueError naming the fix; no out_dir."""
+    variant, cfg = "base", tiny_config()
+    data = write_data(tmp_path / "data")
+    if case == "unknown_variant":
+        variant = "bogus"
+    elif case == "token_id_beyond_vocab":
+        cfg = tiny_config(data={"vocab_size": 32}, model={"vocab_size": 32})
+    elif case == "tokenizer_beyond_vocab":
+        _tokenizer(data / "tokenizer.json", 80)
+    elif case == "window_too_long":
+        data = write_data(tmp_path / "data", window=32)
+    elif case == "empty_validation":
+        np.save(data / "validation.npy", np.zeros((0, WINDOW), dtype=np.uint16))
+    with pytest.raises(ValueError, match=message):
+        train(data, tmp_path / "out", tmp_path / "ckpt", variant, cfg)
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "ckpt" / "last.pt").exists()

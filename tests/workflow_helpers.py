@@ -1,0 +1,51 @@
+"""Run the real Snakefile in a scratch working directory, as a user would (no mocking)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+SMOKE_CONFIG = REPO / "tests" / "smoke.yaml"
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    configfiles: Sequence[Path] = (SMOKE_CONFIG,),
+    env: Optional[Mapping[str, str]] = None,
+    check: bool = True,
+    timeout: int = 1800,
+) -> subprocess.CompletedProcess:
+    """`snakemake -s Snakefile -d workdir --configfile ... args`, run from the repository root.
+
+    Output goes to workdir/snakemake.log (returned as .stdout too) so a failure shows the job logs.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(workdir)]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    cmd += list(args)
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    (workdir / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def read_tables(workdir: Path) -> dict[str, str]:
+    """Every table and the sweep files of a finished run, by relative path."""
+    out = {}
+    for path in sorted((workdir / "results" / "tables").glob("*")):
+        out[str(path.relative_to(workdir))] = path.read_text()
+    return out

@@ -1,0 +1,38 @@
+rule make_corpus:
+    # Seeded synthetic children's stories: the offline corpus of the demo and the tests.
+    output:
+        stories=f"{RESULTS}/corpus/stories.txt",
+    log:
+        "logs/make_corpus.log",
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        stories=config["corpus"]["stories"],
+        seed=config["corpus"]["seed"],
+    shell:
+        "ilm make-corpus --out {output.stories} --stories {params.stories} --seed {params.seed} > {log} 2>&1"
+
+
+rule prepare_data:
+    # BPE tokenizer, 256-token windows within stories, and the train/validation/test splits.
+    input:
+        corpus_input,
+    output:
+        tokenizer=f"{DATA}/tokenizer.json",
+        splits=expand(f"{DATA}/{{split}}.npy", split=SPLITS),
+        stats=f"{DATA}/stats.json",
+    log:
+        "logs/prepare_data.log",
+    conda:
+        "../../envs/ilm.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    params:
+        data_dir=lambda wildcards, output: os.path.dirname(output.stats),
+        source=corpus_source(),
+        config=config_json("data"),
+    shell:
+        "ilm --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
+        " --config-json {params.config:q} > {log} 2>&1"

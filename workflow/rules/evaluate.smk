@@ -1,0 +1,24 @@
+rule evaluate:
+    # Forward quality and inverse accuracy (all three protocols) of one variant on the test split.
+    input:
+        model=f"{RESULTS}/models/{{variant}}",
+        test=f"{DATA}/test.npy",
+    output:
+        forward=f"{RESULTS}/metrics/{{variant}}/forward.json",
+        inverse=f"{RESULTS}/metrics/{{variant}}/inverse.json",
+    log:
+        "logs/evaluate/{variant}.log",
+    conda:
+        "../../envs/ilm.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        data_dir=input_dir("test"),
+        config=config_json("data", "model", "objective", "evaluate"),
+    shell:
+        "ilm --threads {threads} evaluate --model {input.model} --data-dir {params.data_dir} --variant {wildcards.variant}"
+        " --forward-out {output.forward} --inverse-out {output.inverse}"
+        " --config-json {params.config:q} > {log} 2>&1"

@@ -1,0 +1,92 @@
+rule table_forward_quality:
+    # Test CE, perplexity and next-token top-k accuracy, one row per variant.
+    input:
+        metrics=metric_files("forward.json"),
+    output:
+        multiext(f"{RESULTS}/tables/forward_quality", ".csv", ".md", ".tex"),
+    log:
+        "logs/tables/forward_quality.log",
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        stem=output_stem,
+    shell:
+        "ilm table forward_quality --inputs {input.metrics}"
+        " --out-stem {params.stem} > {log} 2>&1"
+
+
+rule table_inverse_accuracy:
+    # Inverse top-k accuracy under the Identity, Bert-like and Inv-First protocols, one row per variant.
+    input:
+        metrics=metric_files("inverse.json"),
+    output:
+        multiext(f"{RESULTS}/tables/inverse_accuracy", ".csv", ".md", ".tex"),
+    log:
+        "logs/tables/inverse_accuracy.log",
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        stem=output_stem,
+    shell:
+        "ilm table inverse_accuracy --inputs {input.metrics}"
+        " --out-stem {params.stem} > {log} 2>&1"
+
+
+rule table_gcg_summary:
+    # GCG success rate at the final budget, losses split by success and failure, and KL.
+    input:
+        metrics=metric_files("gcg.csv"),
+    output:
+        multiext(f"{RESULTS}/tables/gcg_summary", ".csv", ".md", ".tex"),
+    log:
+        "logs/tables/gcg_summary.log",
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        stem=output_stem,
+        config=config_json("gcg.iterations", "gcg.steps"),
+    shell:
+        "ilm table gcg_summary --inputs {input.metrics}"
+        " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
+
+
+rule table_gcg_examples:
+    # The lowest-loss successful attacks of each variant, decoded to text (LaTeX).
+    input:
+        metrics=metric_files("gcg.csv"),
+        tokenizer=f"{DATA}/tokenizer.json",
+    output:
+        f"{RESULTS}/tables/gcg_examples.tex",
+    log:
+        "logs/tables/gcg_examples.log",
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        stem=output_stem,
+        config=config_json("gcg.examples"),
+    shell:
+        "ilm table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
+        " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
+
+
+rule figure_gcg_success_rate:
+    # Figure 4: GCG success rate against the iteration budget, one line per variant.
+    input:
+        sweeps=metric_files("gcg_sweep.csv"),
+    output:
+        pdf=f"{RESULTS}/figures/gcg_success_rate.pdf",
+        png=report(
+            f"{RESULTS}/figures/gcg_success_rate.png",
+            caption="../report/gcg_success_rate.rst",
+            category="Robustness",
+        ),
+    log:
+        "logs/figures/gcg_success_rate.log",
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        stem=output_stem,
+        config=config_json("gcg.iterations", "gcg.steps"),
+    shell:
+        "ilm figure gcg_success_rate --inputs {input.sweeps}"
+        " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
