@@ -2,16 +2,21 @@
 
 The paper model (config.yaml `model:`) with random weights. The naive reference attacks one
 sample at a time and scores candidates with a plain HF forward (full-sequence logits), as a
-straightforward GCG implementation would; its rate does not depend on S, so it is measured
-once. On CUDA both run under bf16 autocast.
+straightforward GCG implementation would, with the eager attention `ilm.model.load_model`
+gives; `run` uses SDPA attention as `ilm gcg-attack` does. The naive rate does not depend
+on S, so it is measured once. On CUDA both run under bf16 autocast.
 
     python benchmarks/gcg_step.py                         # width 4096 on CUDA, 256 on CPU; S in {1, 8, 64}
-    python benchmarks/gcg_step.py --width 64 --steps 2 --samples 1 8
+    python benchmarks/gcg_step.py --width 256 --steps 2 --samples 1 8 --threads 1 --chunk 128   # CPU
+
+On a CPU, small chunks (gcg.max_candidates_per_forward ~128) keep activations in cache and
+are ~2x faster than one big forward; on a GPU, large chunks are what saturate it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ilm.config import load_config
-from ilm.gcg import GCGConfig, run
+from ilm.gcg import GCGConfig, run, use_sdpa_attention
 from ilm.model import build_model, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +83,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, nargs="+", default=[1, 8, 64], help="samples attacked together")
     parser.add_argument("--top-k", type=int, default=None, help="default: gcg.top_k")
     parser.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default: gcg.precision")
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="gcg.max_candidates_per_forward (default: config; CPUs like ~128)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     args = parser.parse_args()
 
@@ -89,30 +97,41 @@ def main() -> None:
     width = args.width or (4096 if cuda else 256)
     steps = args.steps or (10 if cuda else 2)
     torch.manual_seed(0)
-    model = build_model(cfg["model"]).to(device).eval()
+    model = build_model(cfg["model"]).to(device).eval()  # eager attention, as ilm.model loads it
+    attack_model = use_sdpa_attention(copy.deepcopy(model))  # what `ilm gcg-attack` runs
     window = cfg["data"]["window"]
     vocab = cfg["model"]["vocab_size"]
     gcfg = GCGConfig.from_dict(
-        {**cfg["gcg"], "search_width": width, "steps": steps, "top_k": args.top_k or cfg["gcg"]["top_k"],
-         "precision": args.precision or cfg["gcg"]["precision"]}
+        {
+            **cfg["gcg"],
+            "search_width": width,
+            "steps": steps,
+            "top_k": args.top_k or cfg["gcg"]["top_k"],
+            "max_candidates_per_forward": args.chunk or cfg["gcg"]["max_candidates_per_forward"],
+            "precision": args.precision or cfg["gcg"]["precision"],
+        }
     )
     P, L = gcfg.prefix_length, gcfg.target_length
     data = torch.randint(vocab, (max(args.samples), window), generator=torch.Generator().manual_seed(1))
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# {name} | model {sum(p.numel() for p in model.parameters()):,} params | width {width} | "
-          f"top-k {gcfg.top_k} | steps {steps} | precision {gcfg.precision if cuda else 'fp32'}")
+    print(
+        f"# {name} | model {sum(p.numel() for p in model.parameters()):,} params | width {width} | "
+        f"top-k {gcfg.top_k} | chunk {gcfg.max_candidates_per_forward} | steps {steps} | "
+        f"precision {gcfg.precision if cuda else 'fp32'}"
+    )
 
     # Warm up both paths (allocator, kernels) on one short attack.
     warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
-    run(model, data[:1, :P], data[:1, P : P + L], warm, [0])
+    run(attack_model, data[:1, :P], data[:1, P : P + L], warm, [0])
     naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
 
-    naive_s = measure(lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0),
-                      device)
+    naive_s = measure(
+        lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0), device
+    )
     naive_rate = steps / naive_s
     print(f"{'S':>4} | {'ilm.gcg.run sample-steps/s':>26} | {'naive sample-steps/s':>20} | {'speed-up':>8}")
     for S in args.samples:
-        seconds = measure(lambda: run(model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
+        seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
         rate = S * steps / seconds
         print(f"{S:>4} | {rate:>26.2f} | {naive_rate:>20.2f} | {rate / naive_rate:>7.1f}x")
 

@@ -37,20 +37,23 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_config(**gcg) -> dict:
-    base = dict(prefix_length=5, target_length=3, steps=3, search_width=8, top_k=4, count=5, shards=2,
-                batch_samples=2, iterations=[1, 2, 3], device="cpu", precision="fp32")
-    return validate_config({"data": {"vocab_size": V, "window": WINDOW, "stride": WINDOW}, "model": TINY,
-                            "gcg": {**base, **gcg}})
+    base = dict(
+        prefix_length=5,
+        target_length=3,
+        steps=3,
+        search_width=8,
+        top_k=4,
+        count=5,
+        shards=2,
+        batch_samples=2,
+        iterations=[1, 2, 3],
+        device="cpu",
+        precision="fp32",
+    )
+    return validate_config(
+        {"data": {"vocab_size": V, "window": WINDOW, "stride": WINDOW}, "model": TINY, "gcg": {**base, **gcg}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_shards_partition_the_samples():
 
 
 def test_attack_shard_writes_one_record_per_sample(model_and_data, tmp_path):
-    """A shard writes a record per sample with the DESIGN fields and ids taken from the test windows, then removes its partial file."""
+    """A shard writes one DESIGN record per sample, ids taken from the test windows, and drops its partial file."""
     model_dir, data_dir = model_and_data
     cfg = make_config()
     out = tmp_path / "shard0.jsonl"
@@ -108,8 +111,18 @@ def test_attack_shard_writes_one_record_per_sample(model_and_data, tmp_path):
     assert [r["sample"] for r in records] == expected.tolist()
     windows = np.load(data_dir / "test.npy")
     for r in records:
-        assert set(r) == {"sample", "prefix_ids", "target_ids", "attack_ids", "orig_loss", "attack_loss",
-                          "best_step", "trajectory", "kl", "seconds"}
+        assert set(r) == {
+            "sample",
+            "prefix_ids",
+            "target_ids",
+            "attack_ids",
+            "orig_loss",
+            "attack_loss",
+            "best_step",
+            "trajectory",
+            "kl",
+            "seconds",
+        }
         assert r["prefix_ids"] == windows[r["sample"], :5].tolist()
         assert r["target_ids"] == windows[r["sample"], 5:8].tolist()
         assert len(r["attack_ids"]) == 5 and len(r["trajectory"]) == 3
@@ -127,7 +140,7 @@ def test_empty_shard_and_bad_shard(model_and_data, tmp_path):
 
 
 def test_killed_shard_resumes_without_redoing_samples(model_and_data, tmp_path, monkeypatch):
-    """After a kill (and a cut last line) the shard attacks only unfinished samples and ends with the uninterrupted records."""
+    """After a kill and a cut last line, a shard attacks only unfinished samples and ends as an uninterrupted run."""
     model_dir, data_dir = model_and_data
     cfg = make_config(count=6, shards=1)
     reference = tmp_path / "reference" / "shard0.jsonl"

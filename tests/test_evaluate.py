@@ -19,15 +19,6 @@ from ilm.objectives import PROTOCOLS
 WINDOW, VOCAB, N_TEST = 16, 64, 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run ~10x faster single-threaded on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**evaluate_overrides) -> dict:
     """A validated config for a 1-layer, 32-wide model; evaluation in batches of 4 (an uneven last batch)."""
     base = {

@@ -15,6 +15,7 @@ from ilm.gcg import (
     prefix_gradient,
     run,
     sample_candidates,
+    use_sdpa_attention,
     sample_generator,
     top_k_substitutions,
 )
@@ -35,15 +36,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed: int = 0, **overrides) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model({**TINY, **overrides}).eval()
@@ -54,8 +46,15 @@ def random_ids(shape, seed: int, high: int = V) -> torch.Tensor:
 
 
 def config(**overrides) -> GCGConfig:
-    base = dict(prefix_length=P, target_length=L, steps=6, search_width=24, top_k=8,
-                max_candidates_per_forward=1000, precision="fp32")
+    base = dict(
+        prefix_length=P,
+        target_length=L,
+        steps=6,
+        search_width=24,
+        top_k=8,
+        max_candidates_per_forward=1000,
+        precision="fp32",
+    )
     return GCGConfig(**{**base, **overrides})
 
 
@@ -71,7 +70,12 @@ def test_config_from_paper_yaml():
     """GCGConfig takes the paper's values from config.yaml's gcg section and ignores the other keys."""
     cfg = GCGConfig.from_dict(load_config()["gcg"])
     assert (cfg.prefix_length, cfg.target_length, cfg.steps, cfg.search_width, cfg.top_k, cfg.seed) == (
-        20, 10, 500, 4096, 256, 444,
+        20,
+        10,
+        500,
+        4096,
+        256,
+        444,
     )
     with pytest.raises(ValueError, match="gcg.precision"):
         GCGConfig.from_dict({"precision": "fp8"})
@@ -98,7 +102,7 @@ def test_trajectory_never_increases_and_ends_at_attack_loss():
 
 
 def test_candidates_substitute_one_top_k_token():
-    """Each candidate equals the current prefix except at its drawn position, which holds a token of that position's top-k."""
+    """A candidate differs from the current prefix only at its drawn position, by a token of that position's top-k."""
     S, K, W = 2, 5, 400
     current = random_ids((S, P), 3, high=10)
     # Top-k tokens >= 10 never equal a current token, so every candidate differs in exactly one place.
@@ -120,8 +124,19 @@ def test_candidates_substitute_one_top_k_token():
     assert torch.equal(again.ids, cands.ids)
 
 
+def test_sample_streams_depend_on_both_seeds():
+    """Each sample's generator depends on gcg.seed and on its own sample seed."""
+
+    def draws(base: int, sample: int) -> list[int]:
+        return torch.randint(1000, (8,), generator=sample_generator(base, sample)).tolist()
+
+    assert draws(444, 1) == draws(444, 1)
+    assert draws(444, 1) != draws(444, 2)
+    assert draws(444, 1) != draws(445, 1)
+
+
 def test_top_k_takes_most_negative_and_skips_banned():
-    """top_k_substitutions ranks by the most negative normalised gradient, never proposes banned ids, zeroes non-finite values."""
+    """Top-k takes the most negative normalised gradient, skips banned ids and treats NaN as 0."""
     grad = torch.zeros(1, 2, 8)
     grad[0, 0] = torch.tensor([5.0, -1.0, -3.0, 0.5, -2.0, 1.0, 2.0, 3.0])
     grad[0, 1] = torch.tensor([-9.0, float("nan"), 1.0, 1.0, -0.5, 1.0, 1.0, 1.0])
@@ -149,7 +164,7 @@ def test_prefix_gradient_matches_embedding_gradient():
 
 @pytest.mark.parametrize("chunk", [1000, 7])
 def test_candidate_losses_match_plain_forward(chunk):
-    """Batched candidate losses (hidden states sliced before the LM head, chunked) equal full-logit single-sequence CE."""
+    """Batched, chunked candidate losses (LM head on target positions only) equal full-logit per-sequence CE."""
     model = tiny_model(seed=8)
     S, W = 2, 9
     cands = random_ids((S, W, P), 9)
@@ -160,6 +175,16 @@ def test_candidate_losses_match_plain_forward(chunk):
             for w in range(W):
                 ref = reference_loss(model, cands[s, w][None], target[s][None])
                 assert float(got[s, w]) == pytest.approx(float(ref), abs=1e-5)
+
+
+def test_sdpa_attention_gives_the_eager_losses():
+    """Switching the attack model to SDPA attention leaves candidate losses unchanged (to 1e-5)."""
+    model = tiny_model(seed=21)
+    cands, target = random_ids((2, 5, P), 22), random_ids((2, L), 23)
+    eager = candidate_losses(model, cands, target, max_per_forward=100)
+    fast = candidate_losses(use_sdpa_attention(model), cands, target, max_per_forward=100)
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(fast, eager, rtol=0, atol=1e-5)
 
 
 def test_batch_independence_float64():
@@ -187,7 +212,7 @@ def test_bf16_on_cpu_runs_fp32():
 
 
 def test_special_tokens_excluded_when_disallowed():
-    """With allow_special_tokens false neither the init nor any candidate uses ids 0-5; top_k above the allowed count is refused."""
+    """Without special tokens no attack uses ids 0-5, and a top_k above the allowed count is refused."""
     model = tiny_model(seed=18)
     prefix, target = random_ids((4, P), 19), random_ids((4, L), 20)
     cfg = config(steps=5, top_k=V - len(SPECIAL_TOKENS), allow_special_tokens=False)

@@ -24,9 +24,16 @@ def config(**gcg) -> dict:
 
 def record(sample: int, orig: float, trajectory: list[float], best_step: int, kl: float = 0.5) -> dict:
     return {
-        "sample": sample, "prefix_ids": [6, 7], "target_ids": [8, 9], "attack_ids": [10, 11],
-        "orig_loss": orig, "attack_loss": trajectory[-1], "best_step": best_step,
-        "trajectory": trajectory, "kl": kl, "seconds": 1.0,
+        "sample": sample,
+        "prefix_ids": [6, 7],
+        "target_ids": [8, 9],
+        "attack_ids": [10, 11],
+        "orig_loss": orig,
+        "attack_loss": trajectory[-1],
+        "best_step": best_step,
+        "trajectory": trajectory,
+        "kl": kl,
+        "seconds": 1.0,
     }
 
 
@@ -136,7 +143,7 @@ def word_tokenizer(path: Path) -> Path:
 
 
 def test_examples_table_decodes_escapes_and_ranks(tmp_path):
-    """The examples table decodes ids, escapes _ & % and <s>, keeps the lowest-loss successes, and notes a variant without success."""
+    """Examples are decoded, LaTeX-escaped, the lowest-loss successes, with a note for a variant without success."""
     tok = word_tokenizer(tmp_path / "tokenizer.json")
     records = [
         {**record(0, 2.0, [1.0] * STEPS, 0), "prefix_ids": [6, 7, 8], "attack_ids": [1, 9, 6], "target_ids": [10, 11]},

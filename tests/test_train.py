@@ -27,15 +27,6 @@ from ilm.train import (
 WINDOW, VOCAB = 16, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run ~10x faster single-threaded on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(train: Optional[dict] = None, **sections) -> dict:
     """A validated config with a 1-layer, 16-wide model and an 8-window batch (4 steps per epoch)."""
     base = {

@@ -29,8 +29,18 @@ STOP_EXIT_CODE = 3
 
 # Settings that change a shard's records; batch_samples, max_candidates_per_forward and device do not.
 _RESULT_KEYS = (
-    "prefix_length", "target_length", "steps", "search_width", "top_k", "fraction", "count",
-    "sample_seed", "seed", "shards", "allow_special_tokens", "precision",
+    "prefix_length",
+    "target_length",
+    "steps",
+    "search_width",
+    "top_k",
+    "fraction",
+    "count",
+    "sample_seed",
+    "seed",
+    "shards",
+    "allow_special_tokens",
+    "precision",
 )
 
 
@@ -205,7 +215,7 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
     stop_after = _stop_after_batches()
     model = None
     if todo:
-        model = load_model(model_dir, resolve_device(gcfg.device))
+        model = gcg_attack.use_sdpa_attention(load_model(model_dir, resolve_device(gcfg.device)))
     batch_size = int(gcg["batch_samples"])
     n_batches = (len(todo) + batch_size - 1) // batch_size
     for b in range(n_batches):
@@ -219,7 +229,12 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
         finished = len(done) + b * batch_size + len(batch)
         log.info(
             "shard %d | batch %03d/%03d | samples %d/%d | %.1f sample-steps/s",
-            shard, b + 1, n_batches, finished, len(mine), len(batch) * gcfg.steps / seconds,
+            shard,
+            b + 1,
+            n_batches,
+            finished,
+            len(mine),
+            len(batch) * gcfg.steps / seconds,
         )
         if stop_after is not None and b + 1 >= stop_after:
             log.warning("%s=%d: stopping after %d batches", STOP_AFTER_BATCHES_ENV, stop_after, b + 1)

@@ -22,6 +22,13 @@ def _config(args: argparse.Namespace) -> dict:
     return load_config(args.config, parse_config_json(args.config_json))
 
 
+def _quiet_transformers() -> None:
+    """HF's per-file "Loading weights" bars clutter job logs; our own progress bars stay."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config file (defaults fill the rest)")
     p.add_argument("--config-json", default=None, help="JSON config slice, merged over --config")
@@ -48,6 +55,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _quiet_transformers()
     from ilm.train import train
 
     cfg = _config(args)
@@ -61,6 +69,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    _quiet_transformers()
     from ilm.evaluate import evaluate
 
     cfg = _config(args)
@@ -78,6 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_gcg_attack(args: argparse.Namespace) -> None:
+    _quiet_transformers()
     from ilm.attack import attack_shard
 
     cfg = _config(args)

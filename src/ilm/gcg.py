@@ -108,9 +108,7 @@ def allowed_token_ids(vocab_size: int, allow_special_tokens: bool) -> torch.Tens
     return ids[ids >= len(SPECIAL_TOKENS)]
 
 
-def initial_prefix(
-    generators: Sequence[torch.Generator], prefix_length: int, allowed: torch.Tensor
-) -> torch.Tensor:
+def initial_prefix(generators: Sequence[torch.Generator], prefix_length: int, allowed: torch.Tensor) -> torch.Tensor:
     """(S, P) ids drawn uniformly from `allowed`, one draw per sample from its own generator."""
     rows = [allowed[torch.randint(len(allowed), (prefix_length,), generator=g)] for g in generators]
     return torch.stack(rows)
@@ -146,15 +144,23 @@ def sample_candidates(
     S, P = current.shape
     K = top_tokens.shape[-1]
     assert len(generators) == S, "one generator per sample"
-    draws = [
-        (torch.randint(P, (width,), generator=g), torch.randint(K, (width,), generator=g)) for g in generators
-    ]
+    draws = [(torch.randint(P, (width,), generator=g), torch.randint(K, (width,), generator=g)) for g in generators]
     positions = torch.stack([d[0] for d in draws]).to(current.device)  # (S, W)
     ranks = torch.stack([d[1] for d in draws]).to(current.device)  # (S, W)
     tokens = top_tokens.reshape(S, P * K).gather(1, positions * K + ranks)  # (S, W)
     ids = current[:, None, :].expand(S, width, P).clone()  # (S, W, P)
     ids.scatter_(2, positions[..., None], tokens[..., None])
     return Candidates(ids, positions, tokens)
+
+
+def use_sdpa_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch a loaded model to PyTorch SDPA attention, faster than eager for candidate batches.
+
+    ilm.model loads eager attention because training needs double backprop; the attack only
+    takes first-order gradients, which SDPA supports.
+    """
+    model.set_attn_implementation("sdpa")
+    return model
 
 
 def _amp(model: torch.nn.Module, precision: str):

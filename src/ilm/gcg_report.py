@@ -75,8 +75,19 @@ def per_sample_table(records: list[dict], variant: str, iterations: Sequence[int
         row.update({key: " ".join(str(int(t)) for t in rec[key]) for key in _ID_COLUMNS})
         row.update({budget_column(s): rec["trajectory"][s - 1] for s in iterations})
         rows.append(row)
-    columns = ["variant", "sample", "orig_loss", "attack_loss", "delta_loss", "success", "best_step", "kl",
-               "seconds", *_ID_COLUMNS, *(budget_column(s) for s in iterations)]
+    columns = [
+        "variant",
+        "sample",
+        "orig_loss",
+        "attack_loss",
+        "delta_loss",
+        "success",
+        "best_step",
+        "kl",
+        "seconds",
+        *_ID_COLUMNS,
+        *(budget_column(s) for s in iterations),
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -102,9 +113,7 @@ def sweep_table(per_sample: pd.DataFrame, variant: str, iterations: Sequence[int
     return pd.DataFrame(rows)
 
 
-def summarise_shards(
-    shards: Sequence[Path], variant: str, per_sample_out: Path, sweep_out: Path, config: dict
-) -> None:
+def summarise_shards(shards: Sequence[Path], variant: str, per_sample_out: Path, sweep_out: Path, config: dict) -> None:
     """Merge one variant's shard files into gcg.csv (per sample) and gcg_sweep.csv (per budget)."""
     gcg = config["gcg"]
     iterations = sorted(int(s) for s in gcg["iterations"])
@@ -118,8 +127,13 @@ def summarise_shards(
     sweep = sweep_table(per_sample, variant, iterations)
     write_text(per_sample_out, per_sample.to_csv(index=False))
     write_text(sweep_out, sweep.to_csv(index=False))
-    log.info("%s: %d samples from %d shards, success %s", variant, len(per_sample), len(shards),
-             f"{per_sample['success'].mean():.3f}" if len(per_sample) else "n/a")
+    log.info(
+        "%s: %d samples from %d shards, success %s",
+        variant,
+        len(per_sample),
+        len(shards),
+        f"{per_sample['success'].mean():.3f}" if len(per_sample) else "n/a",
+    )
 
 
 def _read_csvs(paths: Sequence[Path], what: str) -> pd.DataFrame:
@@ -128,8 +142,9 @@ def _read_csvs(paths: Sequence[Path], what: str) -> pd.DataFrame:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{what} {path} does not exist; run `ilm gcg-summary` for that variant first")
-        frames.append(pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False,
-                                  na_values=["", "nan", "NaN"]))
+        frames.append(
+            pd.read_csv(path, dtype={c: str for c in _ID_COLUMNS}, keep_default_na=False, na_values=["", "nan", "NaN"])
+        )
     if not frames:
         raise ValueError(f"no {what} given")
     return pd.concat(frames, ignore_index=True)
@@ -155,10 +170,14 @@ def figure_success_rate(sweep_csvs: Sequence[Path], out_stem: Path, config: dict
         for i, variant in enumerate(order_variants(by_variant)):
             g = by_variant[variant]
             ax.plot(
-                g["iterations"], 100.0 * g["success_rate"],
+                g["iterations"],
+                100.0 * g["success_rate"],
                 label=f"{variant_name(variant)} (n={int(g['samples'].iloc[0])})",
-                color=palette[i], marker=_MARKERS[i % len(_MARKERS)], linestyle=_DASHES[i % len(_DASHES)],
-                linewidth=1.6, markersize=5,
+                color=palette[i],
+                marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=_DASHES[i % len(_DASHES)],
+                linewidth=1.6,
+                markersize=5,
             )
         ax.set_xlabel("GCG iterations")
         ax.set_ylabel("Success rate (%)")

@@ -39,6 +39,7 @@ logger = logging.getLogger("ilm.train")
 
 STOP_ENV = "ILM_STOP_AFTER_STEPS"  # simulate a killed job from outside (whole-workflow tests)
 KILLED_EXIT_CODE = 3
+STEP_SLEEP_ENV = "ILM_TRAIN_STEP_SLEEP"  # seconds idled per step: a smoke job long enough to cancel (tests)
 LOG_COLUMNS = ("step", "epoch", "tokens", "lr", "loss", "ce", "inv_ce", "val_loss", "val_ce", "tokens_per_s")
 CHECKPOINT_NAME = "last.pt"
 BEST_DIR_NAME = "best"
@@ -470,7 +471,9 @@ def train(
         total=total, initial=state.step, desc=f"train {variant}", unit="step", file=sys.stderr, dynamic_ncols=True
     )
     order_epoch, order = -1, np.empty(0, dtype=np.int64)
+    step_sleep = float(os.environ.get(STEP_SLEEP_ENV) or 0)
     while state.step < total:
+        time.sleep(step_sleep)  # outside the timed region: changes neither the weights nor tokens/s
         epoch, position = divmod(state.step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(cfg.seed, epoch, n_train)

@@ -35,6 +35,9 @@ if [ -e "$RUN/munged.ours" ]; then
   rm -f "$RUN/munged.ours"
 fi
 
+# The default-path symlink up.sh made (never a site's own slurm.conf).
+[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null)" = "$SLURM_CONF" ] && rm -f /etc/slurm/slurm.conf
+
 if [ "${1:-}" = --purge ]; then
   rm -rf "$ROOT"
   rm -f /dev/ilm-fakegpu[0-9]*

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Start a private single-node SLURM cluster (slurmctld + slurmd + munged) for the tests, as root.
 #
-# Everything lives under $ILM_SLURM_ROOT (default /var/lib/ilm-slurm): its own slurm.conf (clients
-# find it through SLURM_CONF), its own ports, state, logs and pid files, so a site's /etc/slurm and a
-# real slurmctld on the same machine are left alone. No systemd, cgroups or slurmdbd: job states come
+# Everything lives under $ILM_SLURM_ROOT (default /var/lib/ilm-slurm): its own slurm.conf, ports,
+# state, logs and pid files. Clients find the config through SLURM_CONF and, because the executor
+# plugin's job step drops SLURM_CONF before its inner srun, through a symlink
+# /etc/slurm/slurm.conf -> $ROOT/etc/slurm.conf, made only where no slurm.conf exists (a site's
+# configuration is never touched: the script refuses to start instead). No systemd, cgroups or slurmdbd: job states come
 # from squeue (MinJobAge=300 keeps finished jobs visible), finished jobs go to $ROOT/log/jobcomp.log.
 # Fake GPUs (GRES backed by character devices) make `--gpus=1` schedulable without a GPU.
 #
 # Settings (environment): ILM_SLURM_ROOT, ILM_SLURM_PARTITION (debug), ILM_SLURM_FAKE_GPUS (2),
-# ILM_SLURM_PORT (16817; slurmd uses +1), ILM_SLURM_INSTALL (1: apt-get the packages when missing).
-# Exit status: 0 up; 2 this machine cannot run it (not root, no packages and no apt-get, ...);
-# 1 something else failed. The last line on stderr says why.
+# ILM_SLURM_PORT (16817; slurmd uses +1), ILM_SLURM_INSTALL (1: apt-get the packages when missing),
+# ILM_SLURM_NODE_CPUS / ILM_SLURM_NODE_MEM_MB (default: what slurmd detects): a node announced bigger
+# than the machine, so a real profile's requests (e.g. 32 GB for training) are schedulable here.
+# Nothing is enforced (no cgroups), so the jobs simply share the machine.
+# Exit status: 0 up; 77 (automake's "skip") refused before starting anything: not root, no packages
+# and no apt-get, a cluster already up, ...; anything else: a start that failed. The last line on
+# stderr says why.
 set -euo pipefail
 
 ROOT=${ILM_SLURM_ROOT:-/var/lib/ilm-slurm}
@@ -21,7 +27,7 @@ INSTALL=${ILM_SLURM_INSTALL:-1}
 ETC=$ROOT/etc LOG=$ROOT/log RUN=$ROOT/run
 export SLURM_CONF=$ETC/slurm.conf
 
-cannot() { echo "cannot start SLURM: $*" >&2; exit 2; }
+cannot() { echo "cannot start SLURM: $*" >&2; exit 77; }
 fail() { echo "SLURM failed to start: $*" >&2; exit 1; }
 
 [ "$(uname -s)" = Linux ] || cannot "needs Linux"
@@ -44,12 +50,18 @@ fi
 # 2. Refuse to start twice (down.sh first).
 for d in slurmctld slurmd; do
   if [ -s "$RUN/$d.pid" ] && kill -0 "$(cat "$RUN/$d.pid")" 2>/dev/null; then
-    fail "$d already running (pid $(cat "$RUN/$d.pid")); run tests/slurm/down.sh first"
+    cannot "$d already running (pid $(cat "$RUN/$d.pid")): another test session? else tests/slurm/down.sh"
   fi
 done
 for p in "$PORT" $((PORT + 1)); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then cannot "port $p is in use (set ILM_SLURM_PORT)"; fi
 done
+
+# The default config path must be free or ours (see the header).
+SITE_CONF=/etc/slurm/slurm.conf
+if [ -e "$SITE_CONF" ] || [ -L "$SITE_CONF" ]; then
+  [ "$(readlink "$SITE_CONF")" = "$SLURM_CONF" ] || cannot "$SITE_CONF exists (a real SLURM setup?); not touching it"
+fi
 
 # 3. A fresh cluster: no state, no logs from an earlier session.
 rm -rf "$ROOT/ctld" "$ROOT/spool" "$LOG"
@@ -67,13 +79,19 @@ if ! { munge -n | unmunge; } >/dev/null 2>&1; then
   touch "$RUN/munged.ours" # down.sh stops only a munged started here
   for _ in $(seq 40); do { munge -n | unmunge; } >/dev/null 2>&1 && break; sleep 0.25; done
 fi
-{ munge -n | unmunge; } >/dev/null 2>&1 || cannot "munge does not work (munge -n | unmunge)"
+{ munge -n | unmunge; } >/dev/null 2>&1 || fail "munge does not work (munge -n | unmunge)"
 
 # 6. The hardware as slurmd sees it; 95% of the memory so the node never drains for lack of it.
 hw=$(slurmd -C | head -1)
 val() { tr ' ' '\n' <<<"$hw" | sed -n "s/^$1=//p"; }
 CPUS=$(val CPUs) SOCKETS=$(val SocketsPerBoard) CORES=$(val CoresPerSocket) THREADS=$(val ThreadsPerCore)
 MEM=$(($(val RealMemory) * 95 / 100))
+OVERRIDES=""
+if [ -n "${ILM_SLURM_NODE_CPUS:-}${ILM_SLURM_NODE_MEM_MB:-}" ]; then
+  CPUS=${ILM_SLURM_NODE_CPUS:-$CPUS} MEM=${ILM_SLURM_NODE_MEM_MB:-$MEM}
+  SOCKETS=1 CORES=$CPUS THREADS=1
+  OVERRIDES="SlurmdParameters=config_overrides" # trust slurm.conf, not the detected hardware
+fi
 
 # 7. Fake GPUs: character devices with /dev/null's numbers; without mknod, a file-less count.
 : >"$ETC/gres.conf"
@@ -118,14 +136,19 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOG/jobcomp.log
-# Finished jobs stay visible to squeue for 5 minutes: the executor plugin reads states from squeue.
-MinJobAge=300
+# Finished jobs stay visible to squeue for an hour: the executor plugin reads job states from
+# squeue (no slurmdbd, no sacct), and the tests read each job's rule and GPUs from it afterwards.
+MinJobAge=3600
 KillWait=5
 DefMemPerCPU=1024
+$OVERRIDES
 $GRES_TYPES
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM $GRES_NODE State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+
+mkdir -p "$(dirname "$SITE_CONF")"
+ln -sfn "$SLURM_CONF" "$SITE_CONF"
 
 # 8. Daemons (both daemonize; -c: ignore saved state; -N: our node name).
 slurmctld -c -f "$SLURM_CONF" || fail "slurmctld exited: $(tail -3 "$LOG/slurmctld.log" 2>/dev/null)"
@@ -133,7 +156,10 @@ slurmd -N localhost -f "$SLURM_CONF" || fail "slurmd exited: $(tail -3 "$LOG/slu
 
 st=""
 for _ in $(seq 80); do
-  st=$(sinfo -h -n localhost -o %t 2>/dev/null || true)
+  for d in slurmctld slurmd; do
+    kill -0 "$(cat "$RUN/$d.pid" 2>/dev/null)" 2>/dev/null || fail "$d died: $(grep -E 'fatal|error' "$LOG/$d.log" | tail -2)"
+  done
+  st=$(timeout 5 sinfo -h -n localhost -o %t 2>/dev/null || true)
   [ "$st" = idle ] && break
   sleep 0.25
 done
@@ -148,7 +174,7 @@ gpus=""
 [ -n "$GRES_NODE" ] && gpus="--gpus=1"
 jid=$(sbatch --parsable -p "$PARTITION" -t 1 $gpus -o /dev/null --wrap true) || fail "sbatch rejected a trivial job"
 for _ in $(seq 80); do
-  state=$(squeue -h -j "$jid" -t all -o %T 2>/dev/null || true)
+  state=$(timeout 5 squeue -h -j "$jid" -t all -o %T 2>/dev/null || true)
   [ "$state" = COMPLETED ] && break
   sleep 0.25
 done
