@@ -14,11 +14,11 @@ VARIANTS = ["base", "identity", "bert_like", "inv_first"]
 
 
 def _job_counts(dry_run_output: str) -> dict[str, int]:
-    """Parse the 'Job stats' table of a dry run."""
+    """Jobs per rule from the 'Job stats' table of a run (its 'total' row left out)."""
     counts = {}
     for line in dry_run_output.split("Job stats:")[-1].splitlines():
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if m:
+        if m and m.group(1) != "total":
             counts[m.group(1)] = int(m.group(2))
     return counts
 
