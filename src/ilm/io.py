@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-import numpy as np
 
 
 @contextlib.contextmanager
@@ -50,11 +49,6 @@ def write_text(path: Path | str, text: str) -> None:
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
-
-def save_npy(path: Path | str, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
 
 
 def git_commit() -> Optional[str]:

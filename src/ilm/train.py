@@ -121,11 +121,8 @@ class RunState:
 # --- data -------------------------------------------------------------------------------------
 
 
-def _check_inputs(
-    data_dir: Path, variant: str, model_cfg: Mapping, train_data: np.ndarray, val_data: np.ndarray
-) -> None:
+def _check_inputs(data_dir: Path, model_cfg: Mapping, train_data: np.ndarray, val_data: np.ndarray) -> None:
     """Fail before any work when the data cannot feed this model (bad user input -> ValueError)."""
-    parse_variant(variant)
     for split, arr in (("train", train_data), ("validation", val_data)):
         if arr.ndim != 2:
             raise ValueError(f"{data_dir}/{split}.npy must be a 2-D [windows, tokens] array, got shape {arr.shape}")
@@ -374,7 +371,7 @@ def train(
     parse_variant(variant)
     train_data = load_split(data_dir, "train")
     val_data = load_split(data_dir, "validation")
-    _check_inputs(data_dir, variant, config["model"], train_data, val_data)
+    _check_inputs(data_dir, config["model"], train_data, val_data)
 
     n_train, window = train_data.shape
     batch = cfg.batch_size
