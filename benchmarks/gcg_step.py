@@ -39,7 +39,7 @@ def naive_attack(model, prefix: torch.Tensor, target: torch.Tensor, cfg: GCGConf
     """Plain single-sample GCG (full logits, one candidate batch per step); returns the last best loss."""
     gen = torch.Generator().manual_seed(seed)
     weight = model.get_input_embeddings().weight  # (V, H)
-    V, P, L = weight.shape[0], cfg.prefix_length, cfg.target_length
+    V, P = weight.shape[0], cfg.prefix_length
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=weight.device.type == "cuda" and cfg.precision == "bf16")
     current = torch.randint(V, (P,), generator=gen).to(weight.device)
     best = float("inf")

@@ -9,7 +9,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
