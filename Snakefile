@@ -21,6 +21,18 @@ include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of CPU on small files: run them where Snakemake runs, never as cluster jobs.
+localrules:
+    all,
+    select_gcg_samples,
+    summarise_gcg,
+    tabulate_forward_quality,
+    tabulate_inverse_accuracy,
+    tabulate_gcg_summary,
+    tabulate_gcg_examples,
+    plot_gcg_success_rate,
+
+
 rule all:
     default_target: True
     input:

@@ -22,7 +22,7 @@ TINY_DATA = {"vocab_size": 256, "min_frequency": 2, "window": 32, "stride": 24, 
 @pytest.fixture(scope="session")
 def tiny_data_config() -> dict:
     """The validated `data:` section used for tiny_data_dir (vocab 256, window 32, stride 24, split by story)."""
-    return validate_config({"data": dict(TINY_DATA)})["data"]
+    return validate_config({"data": dict(TINY_DATA)}, stage="prepare_data")["data"]
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,25 @@
 """The configuration: the schema documents every key, and bad values fail early naming the key."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ilm.config import load_config, load_schema, validate_config
+from ilm.config import (
+    STAGES,
+    check_against_data,
+    check_data_stats,
+    load_config,
+    load_schema,
+    schema_defaults,
+    stage_slice,
+    validate_config,
+)
+from ilm.evaluate import EvaluateConfig
+from ilm.gcg import GCGConfig
+from ilm.objectives import ObjectiveConfig
+from ilm.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +43,7 @@ def test_every_schema_key_has_type_description_and_default():
 
 
 def test_paper_config_is_valid_and_holds_the_paper_numbers():
-    """config.yaml validates and keeps the paper's settings (method-spec §10)."""
+    """config.yaml validates and keeps the paper's settings (docs/method.md §10)."""
     cfg = load_config(REPO / "config.yaml")
     assert cfg["variants"] == ["base", "identity", "bert_like", "inv_first"]
     assert cfg["data"]["vocab_size"] == 2048 and cfg["data"]["window"] == 256 and cfg["data"]["stride"] == 192
@@ -72,10 +86,133 @@ def test_bad_values_fail_naming_the_key(override, fragment):
     assert fragment in str(err.value)
 
 
-def test_slices_are_not_judged_on_defaults_they_never_set():
-    """A rule's config slice (gcg without iterations) validates although the defaults alone would clash."""
-    cfg = validate_config({"gcg": {"steps": 3}})
-    assert cfg["gcg"]["steps"] == 3
+def test_cross_key_rules_run_on_defaults_too():
+    """A rule spanning keys fires when one of its keys takes its default (window 512 > default 256 positions)."""
+    with pytest.raises(ValueError, match=r"data.window \(512\) is longer than model.max_position_embeddings \(256\)"):
+        validate_config({"data": {"window": 512}})
+    with pytest.raises(ValueError, match="gcg.iterations goes up to 500 but gcg.steps is 3"):
+        validate_config({"gcg": {"steps": 3}})
+
+
+def test_a_stage_is_judged_on_the_keys_it_reads():
+    """The attack stage's slice (no gcg.iterations) validates with 3 steps; the summary stage's does not."""
+    cfg = load_config(REPO / "config.yaml", {"gcg": {"steps": 3, "iterations": [1, 3]}})
+    attack = stage_slice(cfg, "attack_gcg_shard")
+    assert "iterations" not in attack["gcg"] and "examples" not in attack["gcg"]
+    assert validate_config(attack, stage="attack_gcg_shard")["gcg"]["steps"] == 3
+    summary = stage_slice(cfg, "summarise_gcg")
+    assert summary["gcg"]["iterations"] == [1, 3]
+    with pytest.raises(ValueError, match="gcg.iterations goes up to 500"):
+        validate_config({"gcg": {"steps": 3}}, stage="summarise_gcg")
+
+
+def test_every_rule_has_a_stage_and_every_stage_slice_validates():
+    """Each Snakefile rule that calls `ilm` names its slice in ilm.config.STAGES, and each slice validates alone."""
+    import re
+
+    rules = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        rules.update(re.findall(r"^rule (\w+):", smk.read_text(), flags=re.M))
+    assert rules == set(STAGES)
+    for preset in (None, "profiles/demo/demo.yaml", "tests/smoke.yaml"):
+        overrides = yaml.safe_load((REPO / preset).read_text()) if preset else None
+        cfg = load_config(REPO / "config.yaml", overrides)
+        for stage in STAGES:
+            validate_config(stage_slice(cfg, stage), stage=stage)
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        # `snakemake --config 'train={lr: 0.001, max_steps: 10}'`: Snakemake's YAML BaseLoader gives strings.
+        ({"train": {"lr": "0.001", "max_steps": "10", "allow_tf32": "false", "betas": ["0.8", "0.9"]}},
+         {"train": {"lr": 0.001, "max_steps": 10, "allow_tf32": False, "betas": [0.8, 0.9]}}),
+        ({"train": {"lr": "1e-3", "max_steps": "null"}}, {"train": {"lr": 0.001, "max_steps": None}}),  # YAML 1.1
+        ({"gcg": {"count": "1e2", "iterations": ["50", "100"], "steps": "100"}},
+         {"gcg": {"count": 100, "iterations": [50, 100], "steps": 100}}),
+        ({"data": {"source": "123", "seed": 7.0}}, {"data": {"source": "123", "seed": 7}}),
+    ],
+)
+def test_strings_are_coerced_to_the_schema_types(config, expected):
+    """Nested --config overrides and YAML-1.1 scientific notation become the schema's numbers, booleans and nulls."""
+    cfg = validate_config(config)
+    for section, values in expected.items():
+        for key, value in values.items():
+            assert cfg[section][key] == value and type(cfg[section][key]) is type(value), (section, key)
+
+
+def test_snakemake_nested_config_override_reaches_the_config(tmp_path):
+    """`--config 'train={lr: 0.001}'` as Snakemake parses it validates to lr 0.001 (it was refused as a string)."""
+    from snakemake.cli import parse_config
+
+    override = parse_config(["train={lr: 0.001, micro_batch_size: 128}"])
+    assert override == {"train": {"lr": "0.001", "micro_batch_size": "128"}}  # what Snakemake hands over
+    cfg = load_config(REPO / "config.yaml", override)
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["micro_batch_size"] == 128
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), ".inf", "nan"])
+def test_non_finite_numbers_are_refused(value):
+    """inf and NaN, given as floats or as the strings YAML and --config produce, fail naming the key."""
+    with pytest.raises(ValueError, match=r"train.lr: (inf|-inf|nan) is not a finite number"):
+        validate_config({"train": {"lr": value}})
+    cfg = yaml.safe_load("train:\n  lr: .inf\n")
+    with pytest.raises(ValueError, match="train.lr: inf is not a finite number"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"evaluate": {"top_k": [1, 100000]}}, "evaluate.top_k holds 100000, more than model.vocab_size (2048)"),
+        ({"gcg": {"top_k": 4096}}, "gcg.top_k (4096) is larger than the 2048 tokens a candidate may use"),
+        ({"gcg": {"top_k": 2045, "allow_special_tokens": False}}, "larger than the 2042 tokens"),
+        ({"gcg": {"fraction": 0.0}}, "gcg.fraction"),
+        ({"data": {"vocab_size": 70000}, "model": {"vocab_size": 70000}}, "data.vocab_size"),
+    ],
+)
+def test_bounds_that_need_no_data_fail_at_validation(override, fragment):
+    """Top-k beyond the vocabulary, an empty fraction and a vocabulary beyond uint16 fail before any job."""
+    with pytest.raises(ValueError) as err:
+        load_config(REPO / "config.yaml", override)
+    assert fragment in str(err.value)
+
+
+def test_checks_against_the_data_use_current_stats_only(tmp_path):
+    """gcg.count beyond the test split, or a fraction selecting no window, fail from stats.json, if it is current."""
+    cfg = load_config(REPO / "config.yaml", {"gcg": {"count": 500}})
+    stats = {"data_config": cfg["data"], "splits": {"test": {"windows": 100}}}
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=r"gcg.count \(500\) is larger than the test split \(100 windows\)"):
+        check_data_stats(cfg, path)
+    few = load_config(REPO / "config.yaml", {"gcg": {"fraction": 0.001}})
+    with pytest.raises(ValueError, match=r"gcg.fraction \(0.001\) of the 100 test windows selects no window"):
+        check_against_data(few, stats)
+    # stats.json of other data settings (about to be remade) or no stats.json at all: nothing to judge yet.
+    path.write_text(json.dumps({**stats, "data_config": {**cfg["data"], "seed": 43}}))
+    check_data_stats(cfg, path)
+    check_data_stats(cfg, tmp_path / "absent.json")
+
+
+def test_dataclasses_take_every_default_from_the_schema():
+    """Each component dataclass has no default of its own; built from {} it holds exactly the schema's defaults."""
+    import dataclasses
+
+    for cls in (ObjectiveConfig, TrainConfig, EvaluateConfig, GCGConfig):
+        fields = dataclasses.fields(cls)
+        assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+        defaults = schema_defaults(cls.SECTION)
+        built = cls.from_dict({})
+        for f in fields:
+            expected = defaults[f.name]
+            expected = tuple(expected) if isinstance(expected, list) else expected
+            assert getattr(built, f.name) == expected, (cls.__name__, f.name)
+    assert GCGConfig.from_dict({"steps": 7, "fraction": 0.5}).steps == 7  # other stages' keys are accepted
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="train.batch_size \\(100\\) must be a multiple"):
+        TrainConfig.from_dict({"batch_size": 100})
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

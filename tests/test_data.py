@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from ilm.data import (
 def _data_cfg(**overrides) -> dict:
     base = {"vocab_size": 256, "min_frequency": 2, "window": 32, "stride": 24, "seed": 7}
     base.update(overrides)
-    return validate_config({"data": base})["data"]
+    return validate_config({"data": base}, stage="prepare_data")["data"]
 
 
 def _corpus_stories(path: Path) -> list[str]:
@@ -378,3 +379,31 @@ def test_cli_prepare_data(tiny_corpus: Path, tmp_path: Path) -> None:
     assert written == ["stats.json", "test.npy", "tokenizer.json", "train.npy", "validation.npy"]
     assert cli_main(["prepare-data", "--source", str(tmp_path / "none.txt"), "--out-dir", str(tmp_path / "x"),
                      "--config-json", cfg]) == 2
+
+
+def test_rerun_removes_what_a_killed_run_left(tiny_corpus: Path, tmp_path: Path) -> None:
+    """A staging folder of a killed prepare-data (its process gone) is removed by the next run; a live one stays."""
+    import socket
+    import subprocess
+
+    out = tmp_path / "out"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname()
+    left = tmp_path / f".out.tmp-{host}-{dead.pid}"
+    (left / "train.raw").parent.mkdir()
+    (left / "train.raw").write_bytes(b"\0" * 1000)
+    alive = tmp_path / f".out.tmp-{host}-{os.getppid()}"  # a running process's staging folder
+    alive.mkdir()
+    prepare_data(str(tiny_corpus), out, _data_cfg())
+    assert not left.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, "out"])
+
+
+def test_stats_record_the_corpus_fingerprint(tiny_corpus: Path, tiny_data_dir: Path) -> None:
+    """stats.json names the SHA-256 of the corpus file the data was made from."""
+    import hashlib
+
+    stats = json.loads((tiny_data_dir / "stats.json").read_text())
+    expected = hashlib.sha256(tiny_corpus.read_bytes()).hexdigest()
+    assert stats["provenance"]["inputs_sha256"] == {tiny_corpus.name: expected}

@@ -11,31 +11,20 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from ilm.config import deep_merge, validate_config
+import reference
 from ilm.evaluate import evaluate
 from ilm.model import build_model
-from ilm.objectives import PROTOCOLS
+from ilm.names import PROTOCOLS
+from ilm.objectives import draw_mask_positions
+from tiny import VOCAB, WINDOW, tiny_config, tiny_model_config
 
-WINDOW, VOCAB, N_TEST = 16, 64, 10
+N_TEST = 10
+MODEL = tiny_model_config(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
 
 
-def tiny_config(**evaluate_overrides) -> dict:
-    """A validated config for a 1-layer, 32-wide model; evaluation in batches of 4 (an uneven last batch)."""
-    base = {
-        "data": {"vocab_size": VOCAB, "window": WINDOW, "stride": WINDOW},
-        "model": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "vocab_size": VOCAB,
-            "max_position_embeddings": WINDOW,
-        },
-        "evaluate": {"batch_size": 4, "device": "cpu", "seed": 0},
-        "gcg": {"prefix_length": 4, "target_length": 4, "steps": 3, "iterations": [3]},
-    }
-    return validate_config(deep_merge(base, {"evaluate": evaluate_overrides}))
+def eval_config(objective=None, **evaluate_overrides) -> dict:
+    """The tiny config with a 32-wide model; evaluation in batches of 4 (an uneven last batch)."""
+    return tiny_config(model=MODEL, objective=objective or {}, evaluate={"batch_size": 4, **evaluate_overrides})
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +32,7 @@ def model_and_data(tmp_path_factory) -> tuple[Path, Path]:
     """A random model dominated by its tied embedding (so it echoes tokens), and a test split of 10 windows."""
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
-    model = build_model(tiny_config()["model"])
+    model = build_model(MODEL)
     with torch.no_grad():  # large embeddings swamp the random blocks: the tied head predicts the input token
         model.model.embed_tokens.weight.mul_(20)
     model.save_pretrained(root / "model")
@@ -56,10 +45,10 @@ def model_and_data(tmp_path_factory) -> tuple[Path, Path]:
     return root / "model", data
 
 
-def run(tmp_path: Path, model_and_data, variant: str, **evaluate_overrides) -> tuple[dict, dict]:
+def run(tmp_path: Path, model_and_data, variant: str, objective=None, **evaluate_overrides) -> tuple[dict, dict]:
     model_dir, data_dir = model_and_data
     forward_out, inverse_out = tmp_path / variant / "forward.json", tmp_path / variant / "inverse.json"
-    evaluate(model_dir, data_dir, variant, forward_out, inverse_out, tiny_config(**evaluate_overrides))
+    evaluate(model_dir, data_dir, variant, forward_out, inverse_out, eval_config(objective, **evaluate_overrides))
     return json.loads(forward_out.read_text()), json.loads(inverse_out.read_text())
 
 
@@ -82,6 +71,46 @@ def test_forward_metrics_match_an_independent_computation(tmp_path, model_and_da
         assert forward[f"top{k}"] == pytest.approx(float((rank < k).double().mean()), abs=1e-12)
     assert 0 < forward["top1"] < forward["top5"] < 1, "the check needs non-trivial accuracies"
     assert forward["meta"]["variant"] == "base" and "git_commit" in forward["meta"]
+    assert set(forward["meta"]["inputs_sha256"]) == {"model", "test.npy"}
+
+
+@pytest.mark.parametrize("variant", ["identity", "inv_first_grad"])
+def test_inverse_metrics_match_an_independent_computation(tmp_path, model_and_data, variant):
+    """inverse.json's CE, top-k and row count per protocol equal a per-sequence, hand-normed reference.
+
+    g is scaled by 1 (not 1/65536) so the gradient-only logits are not all near-ties that
+    float32 rounding could reorder.
+    """
+    objective = {"grad_scale_tokens": 1.0}
+    _, inverse = run(tmp_path, model_and_data, variant, objective)
+    model_dir, data_dir = model_and_data
+    model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    ids = torch.from_numpy(np.load(data_dir / "test.npy").astype(np.int64))  # (N, T)
+    cfg = eval_config(objective)
+    scale, fraction = cfg["objective"]["grad_scale_tokens"], cfg["objective"]["mask_fraction"]
+    gradient_only = variant.endswith("_grad")
+    generator = torch.Generator().manual_seed(cfg["evaluate"]["seed"])
+    for protocol in PROTOCOLS:
+        logits, targets = [], []
+        for start in range(0, N_TEST, 4):  # the masks are drawn batch by batch, as evaluate draws them
+            batch = ids[start : start + 4]
+            positions = draw_mask_positions(*batch.shape, fraction, generator) if protocol == "bert_like" else None
+            batch_logits, batch_targets = reference.inverse_rows(
+                model, batch, protocol, gradient_only, scale, positions
+            )
+            logits.append(batch_logits.detach())
+            targets.append(batch_targets)
+        logits, targets = torch.cat(logits).double(), torch.cat(targets)
+        m = inverse[protocol]
+        assert m["rows"] == len(targets)
+        assert m["ce"] == pytest.approx(float(reference.cross_entropy(logits, targets)), rel=1e-4)
+        if (logits == logits[:, :1]).all(1).any():
+            # g = 0 exactly at the last position: g alone projects to all-equal logits, whose top-k is
+            # whatever torch.topk returns among ties. Only x - g has no such rows.
+            assert gradient_only
+            continue
+        for k in (1, 3, 5):
+            assert m[f"top{k}"] == pytest.approx(reference.topk_hits(logits, targets, k) / len(targets), abs=1e-12)
 
 
 @pytest.mark.parametrize("variant", ["base", "bert_like"])

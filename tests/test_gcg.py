@@ -1,4 +1,4 @@
-"""The GCG attack engine (method-spec §4.2) on tiny CPU models with fixed seeds."""
+"""The GCG attack engine (docs/method.md §4.2) on tiny CPU models with fixed seeds."""
 
 from __future__ import annotations
 
@@ -19,26 +19,11 @@ from ilm.gcg import (
     sample_generator,
     top_k_substitutions,
 )
-from ilm.model import SPECIAL_TOKENS, build_model
+from ilm.names import SPECIAL_TOKENS
+from tiny import VOCAB as V
+from tiny import tiny_model
 
-V, P, L = 48, 6, 4
-TINY = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=V,
-    max_position_embeddings=32,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-6,
-    rope_theta=10000.0,
-)
-
-
-def tiny_model(seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model({**TINY, **overrides}).eval()
+P, L = 6, 4
 
 
 def random_ids(shape, seed: int, high: int = V) -> torch.Tensor:
@@ -55,7 +40,7 @@ def config(**overrides) -> GCGConfig:
         max_candidates_per_forward=1000,
         precision="fp32",
     )
-    return GCGConfig(**{**base, **overrides})
+    return GCGConfig.from_dict({**base, **overrides})
 
 
 def reference_loss(model, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -99,6 +84,26 @@ def test_trajectory_never_increases_and_ends_at_attack_loss():
         assert r.attack_loss == pytest.approx(float(ref_attack[i]), abs=1e-5)
         assert r.orig_loss == pytest.approx(float(ref_orig[i]), abs=1e-5)
         assert r.kl >= 0 and r.seconds > 0
+
+
+def test_kl_is_the_mean_over_target_positions_of_kl_orig_to_attack():
+    """kl = mean over target positions of sum_v p_orig (log p_orig - log p_attack), by hand in float64."""
+    model = tiny_model(seed=3, dtype=torch.float64)
+    prefix, target = random_ids((2, P), 4), random_ids((2, L), 5)
+    results = run(model, prefix, target, config(steps=4), sample_seeds=[0, 1])
+    attack = torch.tensor([r.attack_ids for r in results])
+    with torch.no_grad():
+        def target_logp(pre):  # (S, L, V): position t-1 predicts target token t
+            return torch.log_softmax(model(input_ids=torch.cat([pre, target], 1)).logits[:, P - 1 : -1], -1)
+
+        lp, lq = target_logp(prefix), target_logp(attack)
+        kl = (lp.exp() * (lp - lq)).sum(-1).mean(-1)  # (S,)
+        reverse = (lq.exp() * (lq - lp)).sum(-1).mean(-1)
+    for i, r in enumerate(results):
+        assert r.kl == pytest.approx(float(kl[i]), rel=1e-9, abs=1e-12)
+        # The check bites: the reversed KL, and a sum over positions, differ far beyond the tolerance.
+        assert float(reverse[i]) != pytest.approx(float(kl[i]), rel=1e-6)
+        assert float(kl[i]) * L != pytest.approx(float(kl[i]), rel=1e-6)
 
 
 def test_candidates_substitute_one_top_k_token():
@@ -236,7 +241,8 @@ def test_bad_shapes_are_refused():
 def test_attack_finds_trigger_on_memorised_model():
     """On a model that memorised 4 windows, GCG from a random init beats a one-token-corrupted original prefix."""
     vocab, p, t = 32, 4, 4
-    model = tiny_model(seed=0, vocab_size=vocab, num_hidden_layers=1, intermediate_size=64, max_position_embeddings=16)
+    model = tiny_model(seed=0, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=16)
     data = 6 + random_ids((4, p + t), 3, high=vocab - 6)
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
     model.train()
@@ -249,7 +255,8 @@ def test_attack_finds_trigger_on_memorised_model():
     assert loss.item() < 0.01, "the model did not memorise its windows"
     orig = data[:, :p].clone()
     orig[:, -1] = 6 + (orig[:, -1] - 6 + 7) % (vocab - 6)  # the last prefix token drives the target most
-    cfg = GCGConfig(prefix_length=p, target_length=t, steps=20, search_width=64, top_k=16, precision="fp32")
+    cfg = GCGConfig.from_dict(dict(prefix_length=p, target_length=t, steps=20, search_width=64, top_k=16,
+                                   precision="fp32"))
     results = run(model, orig, data[:, p:], cfg, sample_seeds=[0, 1, 2, 3])
     for r in results:
         assert r.orig_loss > 1.0  # the corruption broke the memorised continuation

@@ -1,4 +1,4 @@
-"""The ILM objectives (method-spec §1) against independent computations on tiny float64 models."""
+"""The ILM objectives (docs/method.md §1) against independent computations on tiny float64 models."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers.models.llama import modeling_llama
 
+import reference
 from ilm.config import load_config
-from ilm.model import BOS_ID, PAD_ID, build_model, count_parameters
+from ilm.model import build_model, count_parameters
+from ilm.names import BOS_ID, PAD_ID, PROTOCOLS, VARIANTS
 from ilm.objectives import (
-    PROTOCOLS,
-    VARIANTS,
     ObjectiveConfig,
     apply_mask,
     compute_objective,
@@ -26,22 +26,15 @@ from ilm.objectives import (
     project_to_vocab,
     topk_correct,
 )
+from tiny import TINY_MODEL, VOCAB, tiny_model
+
+
+def objective(**values) -> ObjectiveConfig:
+    """The objective section with some values set, the rest the schema's defaults."""
+    return ObjectiveConfig.from_dict(values)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=48,
-    max_position_embeddings=16,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-6,
-    rope_theta=10000.0,
-)
-MICRO = dict(TINY, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
-             num_key_value_heads=1, vocab_size=16, max_position_embeddings=8)
+MICRO = dict(hidden_size=8, intermediate_size=16, vocab_size=16, max_position_embeddings=8)
 MASK_SEED = 7
 TOL = dict(rtol=1e-10, atol=1e-10)
 
@@ -68,17 +61,12 @@ def float64_model_numerics(monkeypatch):
     monkeypatch.setattr(modeling_llama, "eager_attention_forward", _eager_attention_in_input_dtype)
 
 
-def _model(spec: dict, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(spec).double()
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return _model(TINY)
+    return tiny_model(dtype=torch.float64)
 
 
-def _ids(n: int = 3, t: int = 10, vocab: int = 48, seed: int = 1) -> torch.Tensor:
+def _ids(n: int = 3, t: int = 10, vocab: int = VOCAB, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
@@ -86,58 +74,24 @@ def _gen(seed: int = MASK_SEED) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# ---- independent reference: per-sequence loop, manual RMSNorm, manual CE -------------------------
-
-
-def _ref_sequence_gradient(model, ids_row, targets_row, scale):
-    """Embedding rows of one sequence and d(summed CE)/dx / scale, one sequence at a time."""
-    x = model.model.embed_tokens.weight.detach()[ids_row].clone().unsqueeze(0).requires_grad_(True)  # (1, T, d)
-    logits = model(inputs_embeds=x).logits[0, :-1]  # (T-1, V)
-    nll = -torch.log_softmax(logits, -1).gather(1, targets_row[:, None]).sum()
-    (g,) = torch.autograd.grad(nll, x)
-    return x.detach()[0], g[0] / scale  # (T, d), (T, d)
-
-
-def _ref_project_ce(model, v, targets):
-    """Manual RMSNorm * weight, tied-embedding matmul, log-softmax CE (mean)."""
-    eps = model.config.rms_norm_eps
-    h = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps) * model.model.norm.weight.detach()
-    logits = h @ model.model.embed_tokens.weight.detach().T
-    return -torch.log_softmax(logits, -1).gather(1, targets[:, None]).mean()
-
-
 def _ref_inverse_ce(model, ids, variant, cfg):
+    """The inverse CE of a variant, from the per-sequence reference (same Bert-like positions)."""
     protocol, grad_only = parse_variant(variant)
-    n, t = ids.shape
-    vs, targets = [], []
-    if protocol == "bert_like":
-        positions = draw_mask_positions(n, t, cfg.mask_fraction, _gen())
-    for b in range(n):
-        inp = ids[b].clone()
-        if protocol == "bert_like":
-            inp[positions[b]] = PAD_ID
-        if protocol == "inv_first":
-            inp[0] = BOS_ID
-        x, g = _ref_sequence_gradient(model, inp, ids[b, 1:], cfg.grad_scale_tokens)
-        v = g if grad_only else x - g
-        if protocol == "identity":
-            vs.append(v), targets.append(ids[b])
-        elif protocol == "bert_like":
-            vs.append(v[positions[b]]), targets.append(ids[b, positions[b]])
-        else:
-            vs.append(v[:1]), targets.append(ids[b, :1])
-    return _ref_project_ce(model, torch.cat(vs), torch.cat(targets))
+    positions = draw_mask_positions(*ids.shape, cfg.mask_fraction, _gen()) if protocol == "bert_like" else None
+    logits, targets = reference.inverse_rows(model, ids, protocol, grad_only, cfg.grad_scale_tokens, positions)
+    return reference.cross_entropy(logits, targets)
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "base"])
 @pytest.mark.parametrize("scale", [65536.0, 1.0])
 def test_inverse_loss_matches_independent_computation(tiny, variant, scale):
     """Every ILM variant's inverse CE equals a per-sequence, hand-normed, hand-CE reference."""
-    cfg = ObjectiveConfig(grad_scale_tokens=scale, mask_fraction=0.25)
+    cfg = objective(grad_scale_tokens=scale, mask_fraction=0.25)
     ids = _ids()
     out = compute_objective(tiny, ids, variant, cfg, generator=_gen())
     expected = _ref_inverse_ce(tiny, ids, variant, cfg)
     torch.testing.assert_close(out.inv_ce, expected, **TOL)
+    torch.testing.assert_close(out.loss.detach(), cfg.lambda_ce * out.ce + cfg.lambda_inv * expected, **TOL)
     tiny.zero_grad(set_to_none=True)
 
 
@@ -169,7 +123,7 @@ def test_forward_ce_rejects_misaligned_targets(tiny):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_gradient_scale_independent_of_batch(tiny, protocol):
     """A sequence's inverse logits are the same alone or inside a batch of 3."""
-    cfg = ObjectiveConfig(grad_scale_tokens=4.0)
+    cfg = objective(grad_scale_tokens=4.0)
     ids = _ids()
     _, batch_logits, _ = inverse_logits(tiny, ids, protocol, True, cfg, generator=_gen(0))
     _, alone_logits, _ = inverse_logits(tiny, ids[1:2], protocol, True, cfg, generator=_gen(0))
@@ -183,13 +137,13 @@ def test_gradient_scale_independent_of_batch(tiny, protocol):
 
 
 def _masked_logits_for(model, ids, positions, cfg):
-    x, g = _ref_sequence_gradient(model, apply_mask(ids, positions)[0], ids[0, 1:], cfg.grad_scale_tokens)
-    return project_to_vocab(model, g[positions[0]])
+    logits, _ = reference.inverse_rows(model, ids, "bert_like", True, cfg.grad_scale_tokens, positions)
+    return logits
 
 
 def test_project_to_vocab_is_manual_rmsnorm_times_embedding(tiny):
     """Projection = RMSNorm_final(v) @ E^T with the head detached and the norm weight trained."""
-    v = torch.randn(5, 32, dtype=torch.float64, generator=_gen(3))
+    v = torch.randn(5, TINY_MODEL["hidden_size"], dtype=torch.float64, generator=_gen(3))
     logits = project_to_vocab(tiny, v)
     eps = tiny.config.rms_norm_eps
     h = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps) * tiny.model.norm.weight
@@ -220,8 +174,8 @@ def _weight_as_input(module: torch.nn.Module, w: torch.Tensor):
 @pytest.mark.parametrize("variant", ["identity", "bert_like", "inv_first", "identity_grad", "bert_like_grad"])
 def test_gradcheck_double_backprop(variant):
     """The total ILM loss's analytic gradient (through g) matches finite differences."""
-    model = _model(MICRO, seed=2)
-    cfg = ObjectiveConfig(grad_scale_tokens=1.0, mask_fraction=0.4)
+    model = tiny_model(seed=2, dtype=torch.float64, **MICRO)
+    cfg = objective(grad_scale_tokens=1.0, mask_fraction=0.4)
     ids = _ids(n=2, t=5, vocab=16, seed=4)
     layer_norm = model.model.layers[0].post_attention_layernorm
     final_norm = model.model.norm
@@ -230,8 +184,9 @@ def test_gradcheck_double_backprop(variant):
         with _weight_as_input(layer_norm, w_layer), _weight_as_input(final_norm, w_final):
             return compute_objective(model, ids, variant, cfg, generator=_gen(), top_k=(1,)).loss
 
-    w0 = layer_norm.weight.detach().clone() + 0.1 * torch.randn(8, dtype=torch.float64, generator=_gen(5))
-    w1 = final_norm.weight.detach().clone() + 0.1 * torch.randn(8, dtype=torch.float64, generator=_gen(6))
+    d = MICRO["hidden_size"]
+    w0 = layer_norm.weight.detach().clone() + 0.1 * torch.randn(d, dtype=torch.float64, generator=_gen(5))
+    w1 = final_norm.weight.detach().clone() + 0.1 * torch.randn(d, dtype=torch.float64, generator=_gen(6))
     assert torch.autograd.gradcheck(loss_of, (w0.requires_grad_(), w1.requires_grad_()), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
@@ -246,7 +201,7 @@ def _embedding_grad(model, ids, variant, cfg, create_graph):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_double_backprop_changes_the_gradient(tiny, protocol):
     """The embedding gradient with g kept in the graph differs from the one with g a constant."""
-    cfg = ObjectiveConfig(grad_scale_tokens=1.0)
+    cfg = objective(grad_scale_tokens=1.0)
     ids = _ids()
     with_graph = _embedding_grad(tiny, ids, protocol, cfg, create_graph=True)
     constant_g = _embedding_grad(tiny, ids, protocol, cfg, create_graph=False)
@@ -256,7 +211,7 @@ def test_double_backprop_changes_the_gradient(tiny, protocol):
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_gradient_only_inverse_loss_reaches_embeddings_only_through_g(tiny, protocol):
     """With lambda_ce = 0, a gradient-only variant's loss moves E only via double backprop; x - g also via x."""
-    cfg = ObjectiveConfig(lambda_ce=0.0, grad_scale_tokens=1.0)
+    cfg = objective(lambda_ce=0.0, grad_scale_tokens=1.0)
     ids = _ids()
     assert _embedding_grad(tiny, ids, protocol + "_grad", cfg, create_graph=False).abs().max() == 0
     assert _embedding_grad(tiny, ids, protocol + "_grad", cfg, create_graph=True).abs().max() > 0
@@ -287,7 +242,7 @@ def test_bert_like_mask_positions_cover_every_position():
 
 def test_apply_mask_puts_pad_only_at_positions():
     """The masked copy has <pad> at the drawn positions, the original tokens elsewhere, and is a copy."""
-    ids = _ids(vocab=40) + 8  # no <pad> to begin with
+    ids = _ids(vocab=VOCAB - 8) + 8  # no <pad> to begin with
     before = ids.clone()
     positions = draw_mask_positions(3, 10, 0.3, _gen())
     masked = apply_mask(ids, positions)
@@ -302,7 +257,7 @@ def test_caller_input_ids_never_modified(tiny, variant):
     """No variant writes into the caller's input_ids (Inv-First and Bert-like work on copies)."""
     ids = _ids()
     before = ids.clone()
-    compute_objective(tiny, ids, variant, ObjectiveConfig(), generator=_gen())
+    compute_objective(tiny, ids, variant, objective(), generator=_gen())
     assert torch.equal(ids, before)
 
 
@@ -311,9 +266,9 @@ def test_unknown_variant_names_valid_ones(tiny):
     with pytest.raises(ValueError, match="identity_grad.*inv_first_grad"):
         parse_variant("pag-identity")
     with pytest.raises(ValueError, match="bert_like_grad"):
-        compute_objective(tiny, _ids(), "pos-bert-like", ObjectiveConfig())
+        compute_objective(tiny, _ids(), "pos-bert-like", objective())
     with pytest.raises(ValueError, match="inv_first"):
-        inverse_logits(tiny, _ids(), "inv-first", False, ObjectiveConfig())
+        inverse_logits(tiny, _ids(), "inv-first", False, objective())
 
 
 def test_parse_variant_table():
@@ -330,7 +285,7 @@ def test_parse_variant_table():
 def test_objective_config_from_dict():
     """from_dict takes the config section, fills defaults, and names bad keys and values."""
     objective = load_config(REPO / "config.yaml")["objective"]
-    assert ObjectiveConfig.from_dict(objective) == ObjectiveConfig()
+    assert ObjectiveConfig.from_dict(objective) == ObjectiveConfig.from_dict({})
     assert ObjectiveConfig.from_dict({"lambda_inv": 2}).lambda_inv == 2.0
     with pytest.raises(ValueError, match="objective.lambda_pag"):
         ObjectiveConfig.from_dict({"lambda_pag": 0.5})
@@ -341,7 +296,7 @@ def test_objective_config_from_dict():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_total_loss_combines_terms(tiny, variant):
     """loss = lambda_ce * clean forward CE + lambda_inv * inverse CE; base has no inverse term."""
-    cfg = ObjectiveConfig(lambda_ce=0.7, lambda_inv=1.9)
+    cfg = objective(lambda_ce=0.7, lambda_inv=1.9)
     ids = _ids()
     out = compute_objective(tiny, ids, variant, cfg, generator=_gen())
     protocol, _ = parse_variant(variant)
@@ -361,7 +316,7 @@ def test_total_loss_combines_terms(tiny, variant):
 
 def test_bert_like_inverse_pass_ce_is_the_masked_one(tiny):
     """inverse_logits' CE for Bert-like is the masked pass's, unlike compute_objective's clean CE."""
-    cfg = ObjectiveConfig(mask_fraction=0.3)
+    cfg = objective(mask_fraction=0.3)
     ids = _ids()
     masked_ce, _, targets = inverse_logits(tiny, ids, "bert_like", False, cfg, generator=_gen())
     masked = apply_mask(ids, draw_mask_positions(3, 10, 0.3, _gen()))
@@ -372,7 +327,7 @@ def test_bert_like_inverse_pass_ce_is_the_masked_one(tiny):
 @pytest.mark.parametrize("variant", ["identity", "bert_like", "inv_first_grad"])
 def test_evaluation_under_no_grad(tiny, variant):
     """Under no_grad the objective still computes g, returns detached tensors and leaves .grad untouched."""
-    cfg = ObjectiveConfig()
+    cfg = objective()
     ids = _ids()
     tiny.zero_grad(set_to_none=True)
     expected = compute_objective(tiny, ids, variant, cfg, generator=_gen(), create_graph=False)
@@ -398,7 +353,7 @@ def test_topk_correct_is_sorted():
 
 
 def test_paper_model_parameter_count():
-    """config.yaml's model has the paper's 2,492,160 parameters (method-spec §2.1)."""
+    """config.yaml's model has the paper's 2,492,160 parameters (docs/method.md §2.1)."""
     model = build_model(load_config(REPO / "config.yaml")["model"])
     assert count_parameters(model) == 2_492_160
     assert model.config._attn_implementation == "eager"

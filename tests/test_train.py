@@ -5,69 +5,29 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from ilm.config import deep_merge, validate_config
+from ilm import faults
+from ilm.data import load_split
 from ilm.model import build_model
 from ilm.objectives import ObjectiveConfig
 from ilm.train import (
     LOG_COLUMNS,
+    STALE_DIR_NAME,
     WarmupLinearDecay,
     accumulate_batch_gradients,
+    configure_matmul_precision,
     epoch_order,
     train,
 )
-
-WINDOW, VOCAB = 16, 64
-
-
-def tiny_config(train: Optional[dict] = None, **sections) -> dict:
-    """A validated config with a 1-layer, 16-wide model and an 8-window batch (4 steps per epoch)."""
-    base = {
-        "data": {"vocab_size": VOCAB, "window": WINDOW, "stride": WINDOW},
-        "model": {
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "vocab_size": VOCAB,
-            "max_position_embeddings": WINDOW,
-        },
-        "train": {
-            "seed": 0,
-            "epochs": 2,
-            "batch_size": 8,
-            "micro_batch_size": 4,
-            "lr": 0.01,
-            "warmup_steps": 2,
-            "val_every": 2,
-            "val_sequences": 8,
-            "checkpoint_every": 100,
-            "log_every": 1,
-            "device": "cpu",
-        },
-        "evaluate": {"device": "cpu"},
-        "gcg": {"prefix_length": 4, "target_length": 4, "steps": 3, "iterations": [3]},
-    }
-    return validate_config(deep_merge(base, {"train": train or {}, **sections}))
-
-
-def write_data(
-    data_dir: Path, n_train: int = 32, n_val: int = 8, window: int = WINDOW, high: int = VOCAB, seed: int = 0
-) -> Path:
-    """Random uint16 windows of non-special ids as train/validation/test.npy."""
-    rng = np.random.default_rng(seed)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("validation", n_val), ("test", n_val)):
-        np.save(data_dir / f"{split}.npy", rng.integers(6, high, (n, window)).astype(np.uint16))
-    return data_dir
+from tiny import VOCAB, WINDOW, tiny_config
+from tiny import write_splits as write_data
 
 
 def read_log(out_dir: Path) -> list[dict]:
@@ -102,7 +62,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, variant):
 
     train(data, tmp_path / "out_b", tmp_path / "ckpt_b", variant, cfg, stop_after_steps=3)
     assert not (tmp_path / "out_b").exists(), "a killed run must not leave an output directory"
-    assert torch.load(tmp_path / "ckpt_b" / "last.pt", weights_only=True)["step"] == 3
+    assert torch.load(tmp_path / "ckpt_b" / "last.pt", weights_only=True)["progress"]["step"] == 3
     train(data, tmp_path / "out_b", tmp_path / "ckpt_b", variant, cfg)
 
     assert_bitwise_equal(checkpoint_weights(tmp_path / "ckpt_a"), checkpoint_weights(tmp_path / "ckpt_b"))
@@ -117,23 +77,96 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, variant):
 def test_environment_stop_exits_nonzero_and_leaves_no_output(tmp_path, monkeypatch):
     """ILM_STOP_AFTER_STEPS exits with status 3 after writing the checkpoint, before any out_dir."""
     data = write_data(tmp_path / "data")
-    monkeypatch.setenv("ILM_STOP_AFTER_STEPS", "2")
+    monkeypatch.setenv(faults.TRAIN_STOP_AFTER_STEPS, "2")
     with pytest.raises(SystemExit) as exc:
         train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config())
     assert exc.value.code == 3
     assert not (tmp_path / "out").exists()
-    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["progress"]["step"] == 2
 
 
-def test_resume_with_another_config_is_refused(tmp_path):
-    """A checkpoint from a different variant or model is not resumed: ValueError naming the directory."""
+def stale_states(checkpoint_dir: Path) -> list[Path]:
+    stale = checkpoint_dir / STALE_DIR_NAME
+    return sorted(stale.iterdir()) if stale.exists() else []
+
+
+def test_checkpoint_of_other_data_is_set_aside_not_resumed(tmp_path, caplog):
+    """Observed: after the splits were rebuilt with new contents (same shapes), training resumed the old run.
+
+    Now the split contents are part of the resume key: the old state moves to stale/ with a log line,
+    and the model equals one trained from scratch on the new data.
+    """
+    cfg = tiny_config({"max_steps": 4})
+    ckpt = tmp_path / "ckpt"
+    write_data(tmp_path / "data", seed=0)
+    train(tmp_path / "data", tmp_path / "out", ckpt, "base", cfg, stop_after_steps=2)
+    write_data(tmp_path / "data", seed=1)  # e.g. data.seed changed: same shapes, other windows
+    with caplog.at_level("INFO", logger="ilm.train"):
+        train(tmp_path / "data", tmp_path / "out", ckpt, "base", cfg)
+    assert "resuming" not in caplog.text
+    assert "was written by another run (it differs in: inputs_sha256.train.npy" in caplog.text
+    (stale,) = stale_states(ckpt)
+    assert (stale / "last.pt").exists() and torch.load(stale / "last.pt", weights_only=True)["progress"]["step"] == 2
+
+    write_data(tmp_path / "fresh_data", seed=1)
+    train(tmp_path / "fresh_data", tmp_path / "fresh_out", tmp_path / "fresh_ckpt", "base", cfg)
+    assert_bitwise_equal(load_file(tmp_path / "out" / "model.safetensors"),
+                         load_file(tmp_path / "fresh_out" / "model.safetensors"))
+    run_config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    from ilm.io import file_sha256
+
+    assert run_config["inputs_sha256"]["train.npy"] == file_sha256(tmp_path / "data" / "train.npy")
+
+
+def test_changed_setting_after_a_finished_run_retrains_from_scratch(tmp_path, caplog):
+    """Observed: changing a setting after a finished run made `ilm train` refuse the old last.pt.
+
+    Now the finished run's state is set aside and the new setting trains from scratch: the same
+    weights as a run that never saw the old checkpoint.
+    """
     data = write_data(tmp_path / "data")
-    train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config(), stop_after_steps=1)
-    with pytest.raises(ValueError, match=r"delete .*ckpt"):
-        train(data, tmp_path / "out", tmp_path / "ckpt", "identity", tiny_config())
-    with pytest.raises(ValueError, match=r"model\.hidden_size"):
-        train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config(model={"hidden_size": 32}))
-    assert not (tmp_path / "out").exists()
+    ckpt = tmp_path / "ckpt"
+    train(data, tmp_path / "out", ckpt, "base", tiny_config({"max_steps": 3}))
+    shutil.rmtree(tmp_path / "out")  # Snakemake deletes the outputs of a job it reruns
+    changed = tiny_config({"max_steps": 3, "lr": 0.02})
+    with caplog.at_level("WARNING", logger="ilm.train"):
+        train(data, tmp_path / "out", ckpt, "base", changed)
+    assert "it differs in: train.lr" in caplog.text
+    assert len(stale_states(ckpt)) == 1
+    train(data, tmp_path / "fresh_out", tmp_path / "fresh_ckpt", "base", changed)
+    assert_bitwise_equal(load_file(tmp_path / "out" / "model.safetensors"),
+                         load_file(tmp_path / "fresh_out" / "model.safetensors"))
+    # Another variant or model size is another run too.
+    train(data, tmp_path / "out2", ckpt, "identity", changed)
+    train(data, tmp_path / "out3", ckpt, "identity", tiny_config({"max_steps": 3}, model={"hidden_size": 32}))
+    assert len(stale_states(ckpt)) == 3
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "old_format"])
+def test_unreadable_checkpoint_restarts_or_fails_when_strict(tmp_path, caplog, damage):
+    """A cut-short, garbage or old-format last.pt is moved aside with a warning; with strict_resume, an error."""
+    data = write_data(tmp_path / "data")
+    cfg = tiny_config({"max_steps": 3})
+    ckpt = tmp_path / "ckpt"
+    train(data, tmp_path / "out", ckpt, "base", cfg, stop_after_steps=2)
+    last = ckpt / "last.pt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif damage == "garbage":
+        last.write_bytes(b"not a checkpoint" * 100)
+    else:
+        torch.save({"step": 2, "model": {}}, last)
+    with pytest.raises(ValueError, match=r"last.pt is not a .*; delete it to start afresh, or run without --strict"):
+        train(data, tmp_path / "out", ckpt, "base", cfg, strict_resume=True)
+    with caplog.at_level("WARNING", logger="ilm.train"):
+        train(data, tmp_path / "out", ckpt, "base", cfg)
+    assert "moved it to" in caplog.text and "starting afresh" in caplog.text
+    assert "weights_only" not in caplog.text  # torch's advice to unpickle untrusted data is not passed on
+    (stale,) = stale_states(ckpt)
+    assert stale.name.endswith("-unreadable")
+    train(data, tmp_path / "fresh_out", tmp_path / "fresh_ckpt", "base", cfg)
+    assert_bitwise_equal(load_file(tmp_path / "out" / "model.safetensors"),
+                         load_file(tmp_path / "fresh_out" / "model.safetensors"))
 
 
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
@@ -151,6 +184,22 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(tiny_config()["model"])
+
+
+def test_tf32_setting_reaches_the_cuda_backend():
+    """train.allow_tf32 sets both CUDA TF32 switches and the fp32 matmul precision; a CPU run leaves them alone."""
+    cuda, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (cuda.allow_tf32, cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    try:
+        for allow, precision in ((True, "high"), (False, "highest")):
+            configure_matmul_precision(torch.device("cuda"), allow)  # only sets flags: no GPU needed
+            assert torch.backends.cuda.matmul.allow_tf32 is allow and torch.backends.cudnn.allow_tf32 is allow
+            assert torch.get_float32_matmul_precision() == precision
+        configure_matmul_precision(torch.device("cpu"), True)
+        assert torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
 
 
 @pytest.mark.parametrize("variant", ["base", "identity", "inv_first"])
@@ -298,6 +347,7 @@ def test_output_directory_contents(tmp_path):
     assert run_config["variant"] == "inv_first"
     assert run_config["steps"] == 3
     assert run_config["parameters"] == sum(p.numel() for p in _model().parameters())
+    assert set(run_config["inputs_sha256"]) == {"train.npy", "validation.npy"}
     assert run_config["config"]["model"]["hidden_size"] == 16
     assert "torch" in run_config and "git_commit" in run_config
     model = load_model(out)
@@ -333,8 +383,12 @@ def _tokenizer(path: Path, size: int) -> None:
         ("unknown_variant", r"unknown variant 'bogus'"),
         ("token_id_beyond_vocab", r"token id \d+ but model\.vocab_size is 32"),
         ("tokenizer_beyond_vocab", r"model\.vocab_size \(64\) is smaller than the tokenizer's vocabulary \(80"),
-        ("window_too_long", r"32 tokens but model\.max_position_embeddings is 16"),
+        ("window_too_long", r"48 tokens but model\.max_position_embeddings is 32"),
         ("empty_validation", r"validation split .* is empty"),
+        ("truncated_split", r"train.npy is not a readable .npy array \(mmap length is greater than file size\)"),
+        ("float32_split", r"train.npy holds a float32 array of shape \(32, 16\), not uint16"),
+        ("garbage_split", r"train.npy is not a .npy file"),
+        ("truncated_tokenizer", r"tokenizer.json is not a readable tokenizer .*; prepare the data again"),
     ],
 )
 def test_bad_input_raises_a_clear_error_and_writes_nothing(tmp_path, case, message):
@@ -348,9 +402,20 @@ def test_bad_input_raises_a_clear_error_and_writes_nothing(tmp_path, case, messa
     elif case == "tokenizer_beyond_vocab":
         _tokenizer(data / "tokenizer.json", 80)
     elif case == "window_too_long":
-        data = write_data(tmp_path / "data", window=32)
+        data = write_data(tmp_path / "data", window=48)
     elif case == "empty_validation":
         np.save(data / "validation.npy", np.zeros((0, WINDOW), dtype=np.uint16))
+    elif case == "truncated_split":
+        content = (data / "train.npy").read_bytes()
+        (data / "train.npy").write_bytes(content[: len(content) // 2])
+    elif case == "float32_split":
+        np.save(data / "train.npy", load_split(data, "train").astype(np.float32))
+    elif case == "garbage_split":
+        (data / "train.npy").write_bytes(b"\x00" * 300)
+    elif case == "truncated_tokenizer":
+        _tokenizer(data / "tokenizer.json", 40)
+        text = (data / "tokenizer.json").read_text()
+        (data / "tokenizer.json").write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match=message):
         train(data, tmp_path / "out", tmp_path / "ckpt", variant, cfg)
     assert not (tmp_path / "out").exists()

@@ -27,12 +27,12 @@ def test_paper_config_dry_run_resolves_the_whole_dag(tmp_path):
     """`snakemake -n` on the paper config plans every stage for the four variants."""
     proc = run_snakemake(tmp_path, "-n", configfiles=())
     counts = _job_counts(proc.stdout)
-    assert counts["prepare_data"] == 1
-    assert counts["train"] == counts["evaluate"] == counts["gcg_summary"] == 4
-    assert counts["gcg_attack"] == 4 * 8
+    assert counts["prepare_data"] == counts["select_gcg_samples"] == 1
+    assert counts["train_model"] == counts["evaluate_model"] == counts["summarise_gcg"] == 4
+    assert counts["attack_gcg_shard"] == 4 * 8
     assert "make_corpus" not in counts  # the paper reads TinyStories, not the generated corpus
-    for rule in ["table_forward_quality", "table_inverse_accuracy", "table_gcg_summary", "table_gcg_examples",
-                 "figure_gcg_success_rate"]:
+    for rule in ["tabulate_forward_quality", "tabulate_inverse_accuracy", "tabulate_gcg_summary",
+                 "tabulate_gcg_examples", "plot_gcg_success_rate"]:
         assert counts[rule] == 1
 
 
@@ -40,7 +40,7 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     """The demo profile plans the offline corpus and the same stages."""
     proc = run_snakemake(tmp_path, "-n", "--profile", "profiles/demo", configfiles=())
     counts = _job_counts(proc.stdout)
-    assert counts["make_corpus"] == 1 and counts["train"] == 4 and counts["gcg_attack"] == 4 * 2
+    assert counts["make_corpus"] == 1 and counts["train_model"] == 4 and counts["attack_gcg_shard"] == 4 * 2
 
 
 def test_ablation_variants_can_be_added(tmp_path):
@@ -48,7 +48,7 @@ def test_ablation_variants_can_be_added(tmp_path):
     cfg = tmp_path / "ablations.yaml"
     cfg.write_text("variants: [base, identity, identity_grad, bert_like_grad, inv_first_grad]\n")
     proc = run_snakemake(tmp_path / "run", "-n", configfiles=(cfg,))
-    assert _job_counts(proc.stdout)["train"] == 5
+    assert _job_counts(proc.stdout)["train_model"] == 5
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
@@ -60,6 +60,28 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
     assert proc.returncode != 0
     assert "train.lr" in proc.stdout + proc.stderr
     assert not (work / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data={window: 512}", "data.window (512) is longer than model.max_position_embeddings (256)"),
+        ("train={lr: .inf}", "train.lr: inf is not a finite number"),
+        ("evaluate={top_k: [1, 100000]}", "evaluate.top_k holds 100000"),
+    ],
+)
+def test_nested_config_overrides_are_validated_before_any_job(tmp_path, override, fragment):
+    """`--config` overrides reach validation typed: bad ones fail naming the key, nothing is created."""
+    proc = run_snakemake(tmp_path, "-n", "--config", override, configfiles=(), check=False)
+    assert proc.returncode != 0 and fragment in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_valid_nested_config_override_is_accepted(tmp_path):
+    """`--config 'train={lr: 0.001}'` (strings from Snakemake's parser) plans the run; it was refused before."""
+    proc = run_snakemake(tmp_path, "-n", "-p", "--config", "train={lr: 0.001, max_steps: 10}", configfiles=())
+    assert _job_counts(proc.stdout)["train_model"] == 4
+    assert '"lr": 0.001, "max_steps": 10,' in proc.stdout  # typed in the slice `ilm train` receives
 
 
 def test_lint_and_format_are_clean():
@@ -108,7 +130,7 @@ def test_finished_run_is_a_no_op_and_one_table_rebuilds_alone(smoke_run):
     for path in (smoke_run / "results" / "tables").glob("forward_quality.*"):
         path.unlink()
     proc = run_snakemake(smoke_run, "--cores", "1", "results/tables/forward_quality.csv")
-    assert set(_job_counts(proc.stdout + proc.stderr)) <= {"table_forward_quality"}
+    assert set(_job_counts(proc.stdout + proc.stderr)) <= {"tabulate_forward_quality"}
     assert read_tables(smoke_run) == before
 
 
@@ -118,4 +140,74 @@ def test_report_setting_reruns_only_its_table(smoke_run, tmp_path):
     cfg = tmp_path / "examples.yaml"
     cfg.write_text("gcg:\n  examples: 1\n")
     proc = run_snakemake(smoke_run, "-n", configfiles=(REPO / "tests" / "smoke.yaml", cfg))
-    assert set(_job_counts(proc.stdout)) == {"table_gcg_examples", "all"}
+    assert set(_job_counts(proc.stdout)) == {"tabulate_gcg_examples", "all"}
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a finished run, mtimes and Snakemake's metadata kept, for a test that changes it."""
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+@pytest.mark.slow
+def test_incomplete_model_directory_is_rebuilt(smoke_run, tmp_path):
+    """A model folder that lost model.safetensors is not taken as complete: a step that needs it retrains it first."""
+    work = _copy_run(smoke_run, tmp_path / "run")
+    (work / "results" / "models" / "base" / "model.safetensors").unlink()
+    (work / "results" / "metrics" / "base" / "forward.json").unlink()  # the evaluation must be redone
+    counts = _job_counts(run_snakemake(work, "-n", "results/metrics/base/forward.json").stdout)
+    assert counts == {"train_model": 1, "evaluate_model": 1}
+    counts = _job_counts(run_snakemake(work, "-n", "results/models/base/model.safetensors").stdout)
+    assert counts == {"train_model": 1}
+    assert not list((work / "results" / "models" / "base").glob(".snakemake_timestamp"))
+
+
+@pytest.mark.slow
+def test_changed_training_setting_retrains_from_scratch(smoke_run, tmp_path):
+    """Changing train.lr after a finished run retrains that model (it failed on the old checkpoint before)."""
+    work = _copy_run(smoke_run, tmp_path / "run")
+    cfg = tmp_path / "lr.yaml"
+    cfg.write_text("train:\n  lr: 0.002\n")
+    run_snakemake(work, "--cores", "2", "results/models/base/model.safetensors",
+                  configfiles=(REPO / "tests" / "smoke.yaml", cfg))
+    log = (work / "logs" / "train" / "base.log").read_text()
+    assert "it differs in: train.lr" in log and "starting afresh" in log and "resuming" not in log
+    (stale,) = (work / "results" / "checkpoints" / "base" / "stale").iterdir()
+    assert (stale / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_count_beyond_the_test_split_fails_before_training(smoke_run, tmp_path):
+    """gcg.count larger than the test split fails at once when the data exists, else right after prepare_data."""
+    cfg = tmp_path / "count.yaml"
+    cfg.write_text("gcg:\n  count: 100000\n")
+    configs = (REPO / "tests" / "smoke.yaml", cfg)
+    proc = run_snakemake(smoke_run, "-n", configfiles=configs, check=False)
+    assert proc.returncode != 0 and "gcg.count (100000) is larger than the test split" in proc.stdout + proc.stderr
+
+    fresh = tmp_path / "fresh"
+    proc = run_snakemake(fresh, "--cores", "2", configfiles=configs, check=False)
+    assert proc.returncode != 0
+    select_log = (fresh / "logs" / "gcg" / "select_samples.log").read_text()
+    assert "gcg.count (100000) is larger than the test split" in select_log
+    assert (fresh / "results" / "data" / "stats.json").exists()
+    assert not (fresh / "logs" / "train").exists(), "no training job may start"
+
+
+@pytest.mark.slow
+def test_local_corpus_is_an_input(tmp_path):
+    """Editing the local text file data.source names reruns prepare_data (it was 'Nothing to be done')."""
+    from ilm.corpus import write_corpus
+
+    corpus = tmp_path / "stories.txt"
+    write_corpus(corpus, n_stories=120, seed=5)
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text(f"data:\n  source: {corpus}\n")
+    configs = (REPO / "tests" / "smoke.yaml", cfg)
+    work = tmp_path / "run"
+    run_snakemake(work, "--cores", "2", "results/data/stats.json", configfiles=configs)
+    assert "Nothing to be done" in run_snakemake(work, "-n", "results/data/stats.json", configfiles=configs).stdout
+    with open(corpus, "a") as f:
+        f.write("\n<|endoftext|>\nOne more story about a cat who found a hat.\n")
+    counts = _job_counts(run_snakemake(work, "-n", "results/data/stats.json", configfiles=configs).stdout)
+    assert counts == {"prepare_data": 1}

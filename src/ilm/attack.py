@@ -1,34 +1,40 @@
-"""Which test windows GCG attacks, split into shards, and one resumable shard job (method-spec §4.1).
+"""Which test windows GCG attacks, split into shards, and one resumable shard job (docs/method.md §4.1).
 
-A shard appends each finished batch of records to `shard{k}.partial.jsonl` (flushed and
-fsynced) and renames it to `shard{k}.jsonl` only when every sample is done, so the declared
-output never looks finished early and a killed job resumes where it stopped. Beside it,
-`shard{k}.meta.json` records what produced the records (settings, model fingerprint); a
-partial file written under other settings or by another model is discarded, not resumed.
+`select_gcg_samples` fixes the attacked windows once (`results/gcg/samples.json`): a seeded
+subset of the test split, the same for every variant, dealt into `gcg.shards` shards. It runs
+right after the data is prepared, so a `gcg.count` larger than the test split fails before
+any GPU job.
+
+A shard job (`attack_gcg_shard`) owns `shard{k}.partial.jsonl` through an exclusive lock, so a
+second process on the same shard fails at once instead of interleaving records. It appends
+each finished batch of records (flushed and fsynced) and renames the file to `shard{k}.jsonl`
+only when every sample is done, so the declared output never looks finished early and a
+killed job resumes where it stopped. Every record names the model that produced it; beside
+the partial file, `shard{k}.meta.json` records the settings, model and test data, and is
+written only after the partial file has been reset, so a partial file from another model or
+other settings is never resumed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 
-from ilm.io import provenance, write_json, write_text
+from ilm import faults
+from ilm.io import file_sha256, model_fingerprint, provenance, write_json
 
 log = logging.getLogger("ilm.attack")
 
-# Test hook: exit the process after this many appended batches, as a kill would.
-STOP_AFTER_BATCHES_ENV = "ILM_GCG_STOP_AFTER_BATCHES"
-STOP_EXIT_CODE = 3
-
 # Settings that change a shard's records; batch_samples, max_candidates_per_forward and device do not.
-_RESULT_KEYS = (
+RESULT_KEYS = (
     "prefix_length",
     "target_length",
     "steps",
@@ -42,13 +48,28 @@ _RESULT_KEYS = (
     "allow_special_tokens",
     "precision",
 )
+# Settings that fix which windows are attacked and by which shard.
+SELECTION_KEYS = ("fraction", "count", "sample_seed", "shards")
+RECORD_KEYS = (
+    "sample",
+    "model_sha256",
+    "prefix_ids",
+    "target_ids",
+    "attack_ids",
+    "orig_loss",
+    "attack_loss",
+    "best_step",
+    "trajectory",
+    "kl",
+    "seconds",
+)
 
 
-def select_samples(n_test: int, fraction: float, count: Optional[int], seed: int) -> np.ndarray:
-    """Sorted test indices to attack: a seeded subset of `count` windows, or `fraction` of them (§4.1).
+# --- which windows ---------------------------------------------------------------------------------------
 
-    It depends only on its arguments, so every variant attacks the same windows.
-    """
+
+def sample_count(n_test: int, fraction: float, count: Optional[int]) -> int:
+    """How many test windows GCG attacks: `count`, or `fraction` of the split; at least one."""
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0 (got {n_test})")
     if count is not None:
@@ -57,13 +78,26 @@ def select_samples(n_test: int, fraction: float, count: Optional[int], seed: int
         if count > n_test:
             raise ValueError(
                 f"gcg.count ({count}) is larger than the test split ({n_test} windows); "
-                "lower gcg.count or set it to null and use gcg.fraction"
+                "lower gcg.count, or set it to null and use gcg.fraction"
             )
-        n = count
-    else:
-        if not 0 < fraction <= 1:
-            raise ValueError(f"gcg.fraction must be in (0, 1] (got {fraction})")
-        n = int(fraction * n_test)
+        return count
+    if not 0 < fraction <= 1:
+        raise ValueError(f"gcg.fraction must be in (0, 1] (got {fraction})")
+    n = int(fraction * n_test)
+    if n < 1:
+        raise ValueError(
+            f"gcg.fraction ({fraction}) of the {n_test} test windows selects no window; "
+            "raise gcg.fraction or set gcg.count"
+        )
+    return n
+
+
+def select_samples(n_test: int, fraction: float, count: Optional[int], seed: int) -> np.ndarray:
+    """Sorted test indices to attack: a seeded subset of `count` windows, or `fraction` of them (§4.1).
+
+    It depends only on its arguments, so every variant attacks the same windows.
+    """
+    n = sample_count(n_test, fraction, count)
     order = np.random.default_rng(seed).permutation(n_test)
     return np.sort(order[:n]).astype(np.int64)
 
@@ -77,6 +111,56 @@ def shard_samples(samples: np.ndarray, shard: int, n_shards: int) -> np.ndarray:
     return np.asarray(samples)[shard::n_shards]
 
 
+def _check_window(windows: np.ndarray, gcg: Mapping, path: Path) -> None:
+    P, L = gcg["prefix_length"], gcg["target_length"]
+    if windows.shape[1] < P + L:
+        raise ValueError(
+            f"{path} windows have {windows.shape[1]} tokens but gcg.prefix_length + gcg.target_length = {P + L}"
+        )
+
+
+def write_sample_plan(data_dir: Path, out: Path, config: Mapping) -> dict:
+    """results/gcg/samples.json: the attacked test windows and their shards, fixed for every variant."""
+    from ilm.data import load_split
+
+    data_dir, gcg = Path(data_dir), config["gcg"]
+    windows = load_split(data_dir, "test")
+    _check_window(windows, gcg, data_dir / "test.npy")
+    samples = select_samples(len(windows), gcg["fraction"], gcg["count"], gcg["sample_seed"])
+    plan = {
+        "test_windows": int(len(windows)),
+        "samples": samples.tolist(),
+        "shards": [shard_samples(samples, k, gcg["shards"]).tolist() for k in range(gcg["shards"])],
+        "meta": provenance(
+            {k: gcg[k] for k in ("prefix_length", "target_length", *SELECTION_KEYS)},
+            inputs={"test.npy": file_sha256(data_dir / "test.npy")},
+        ),
+    }
+    write_json(out, plan)
+    log.info("%d of %d test windows in %d shards -> %s", len(samples), len(windows), gcg["shards"], out)
+    return plan
+
+
+def read_sample_plan(path: Path, config: Mapping) -> dict:
+    """samples.json, checked against the current selection settings."""
+    path = Path(path)
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable sample plan ({e}); run `ilm gcg-samples` again") from None
+    made_with = plan.get("meta", {}).get("config", {})
+    differing = [k for k in SELECTION_KEYS if made_with.get(k) != config["gcg"][k]]
+    if differing:
+        raise ValueError(
+            f"{path} was made with other gcg settings ({', '.join('gcg.' + k for k in differing)}); "
+            "run `ilm gcg-samples` again"
+        )
+    return plan
+
+
+# --- one shard --------------------------------------------------------------------------------------------
+
+
 def partial_path(out: Path) -> Path:
     """The resume file beside a shard output: shard{k}.jsonl -> shard{k}.partial.jsonl."""
     return out.with_name(f"{out.stem}.partial{out.suffix}")
@@ -87,24 +171,38 @@ def meta_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.meta.json")
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """SHA-256 of the model's config and weights: a retrained model invalidates old partial records."""
-    digest = hashlib.sha256()
-    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors")), *sorted(model_dir.glob("*.bin"))]
-    for file in files:
-        if file.is_file():
-            digest.update(file.name.encode())
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+@contextlib.contextmanager
+def exclusive_file(path: Path) -> Iterator[int]:
+    """Open (or create) `path` and hold an exclusive lock on it; ValueError at once if another process holds it.
+
+    flock locks are seen across the nodes of NFS v4 and Lustre clients of a cluster. The loop
+    guards against the file being renamed between our open and our lock.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(
+                f"{path} is locked by another `ilm gcg-attack` process (an earlier job of this shard is still "
+                "running); let it finish or cancel it, then run this shard again"
+            ) from None
+        try:
+            same_file = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
-def _read_partial(path: Path) -> list[dict]:
-    """Records of a partial file; a trailing line without newline (cut by a kill) is dropped."""
-    if not path.exists():
-        return []
-    text = path.read_text()
+def _whole_records(text: str, path: Path) -> tuple[list[dict], int]:
+    """(records, bytes they take): a trailing line without newline (cut by a kill) is dropped."""
     lines = text.split("\n")
     if lines[-1]:
         log.warning("%s: dropping a truncated last line (%d characters)", path, len(lines[-1]))
@@ -114,20 +212,26 @@ def _read_partial(path: Path) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{number} is not a JSON record; delete {path} to restart the shard") from None
-    return records
+    return records, len(text.encode()) - len(lines[-1].encode())
 
 
-def _check_resumed(records: list[dict], mine: np.ndarray, windows, gcg: dict, path: Path) -> None:
-    """Resumed records must belong to this shard, be unique and match the data."""
+def check_records(records: list[dict], mine: np.ndarray, windows, gcg: Mapping, fingerprint: str, path: Path) -> None:
+    """Resumed records must be this model's, belong to this shard, be unique and match the data."""
     P, L = gcg["prefix_length"], gcg["target_length"]
     allowed = set(int(s) for s in mine)
     seen: set[int] = set()
     for rec in records:
         s = int(rec["sample"])
-        window = np.asarray(windows[s])
+        if rec.get("model_sha256") != fingerprint:
+            raise ValueError(
+                f"{path} holds a record for sample {s} from another model ({str(rec.get('model_sha256'))[:12]}, "
+                f"not {fingerprint[:12]}); delete {path} to restart the shard"
+            )
+        window = np.asarray(windows[s]) if 0 <= s < len(windows) else None
         if (
             s not in allowed
             or s in seen
+            or window is None
             or rec["prefix_ids"] != window[:P].tolist()
             or rec["target_ids"] != window[P : P + L].tolist()
             or len(rec["trajectory"]) != gcg["steps"]
@@ -138,10 +242,11 @@ def _check_resumed(records: list[dict], mine: np.ndarray, windows, gcg: dict, pa
         seen.add(s)
 
 
-def to_record(sample: int, prefix: np.ndarray, target: np.ndarray, result) -> dict:
-    """One JSON line of a shard (DESIGN: GCG record)."""
+def to_record(sample: int, model_sha256: str, prefix: np.ndarray, target: np.ndarray, result) -> dict:
+    """One JSON line of a shard (docs/method.md §4.3)."""
     return {
         "sample": int(sample),
+        "model_sha256": model_sha256,
         "prefix_ids": [int(t) for t in prefix],
         "target_ids": [int(t) for t in target],
         "attack_ids": list(result.attack_ids),
@@ -154,68 +259,92 @@ def to_record(sample: int, prefix: np.ndarray, target: np.ndarray, result) -> di
     }
 
 
-def _append(path: Path, records: list[dict]) -> None:
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+def _append(fd: int, records: list[dict]) -> None:
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    os.lseek(fd, 0, os.SEEK_END)
+    while data:
+        data = data[os.write(fd, data):]
+    os.fsync(fd)
 
 
-def _stop_after_batches() -> Optional[int]:
-    value = os.environ.get(STOP_AFTER_BATCHES_ENV)
-    if not value:
-        return None
-    if not value.isdigit():
-        raise ValueError(f"{STOP_AFTER_BATCHES_ENV} must be a non-negative integer (got {value!r})")
-    return int(value)
+def _resumable(out: Path, settings: dict, fingerprint: str, test_sha: str) -> bool:
+    """Whether the partial file beside `out` was written for these settings, this model and this data."""
+    try:
+        old = json.loads(meta_path(out).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (
+        old.get("model_sha256") == fingerprint
+        and old.get("inputs_sha256", {}).get("test.npy") == test_sha
+        and {k: old.get("config", {}).get(k) for k in RESULT_KEYS} == settings
+    )
 
 
 def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config: dict) -> None:
     """Attack shard `shard` of the GCG samples and write `out` (one JSON record per sample), resumably."""
     from ilm import gcg as gcg_attack
     from ilm.data import load_split
-    from ilm.model import load_model, resolve_device
 
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     gcg = config["gcg"]
     gcfg = gcg_attack.GCGConfig.from_dict(gcg)
-    P, L = gcfg.prefix_length, gcfg.target_length
     windows = load_split(data_dir, "test")  # (N, window) uint16, memory-mapped
-    if windows.shape[1] < P + L:
-        raise ValueError(
-            f"test windows have {windows.shape[1]} tokens but gcg.prefix_length + gcg.target_length = {P + L}"
-        )
+    _check_window(windows, gcg, data_dir / "test.npy")
     samples = select_samples(len(windows), gcg["fraction"], gcg["count"], gcg["sample_seed"])
     mine = shard_samples(samples, shard, gcg["shards"])
-    partial = partial_path(out)
-
     fingerprint = model_fingerprint(model_dir)
-    settings = {k: gcg[k] for k in _RESULT_KEYS}
-    meta = provenance(
-        dict(gcg), model_dir=str(model_dir), model_sha256=fingerprint, shard=shard, samples=[int(s) for s in mine]
-    )
-    records: list[dict] = []
-    if partial.exists():
-        old = json.loads(meta_path(out).read_text()) if meta_path(out).exists() else {}
-        old_settings = {k: old.get("config", {}).get(k) for k in _RESULT_KEYS}
-        if old.get("model_sha256") == fingerprint and old_settings == settings:
-            records = _read_partial(partial)
-            _check_resumed(records, mine, windows, gcg, partial)
-        else:
-            log.warning("%s was written by another model or other gcg settings: starting the shard over", partial)
-    write_json(meta_path(out), meta)
-    # Rewrite the partial file with only whole records, so appends never follow a cut line.
-    write_text(partial, "".join(json.dumps(r) + "\n" for r in records))
+    test_sha = file_sha256(data_dir / "test.npy")
+    settings = {k: gcg[k] for k in RESULT_KEYS}
+    partial = partial_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
-    done = {int(r["sample"]) for r in records}
-    todo = [int(s) for s in mine if int(s) not in done]
-    log.info(
-        "shard %d/%d: %d samples, %d already done, %d to attack", shard, gcg["shards"], len(mine), len(done), len(todo)
-    )
-    stop_after = _stop_after_batches()
-    model = None
-    if todo:
-        model = gcg_attack.use_sdpa_attention(load_model(model_dir, resolve_device(gcfg.device)))
+    with exclusive_file(partial) as fd:
+        records: list[dict] = []
+        keep_bytes = 0
+        text = partial.read_text()
+        if text and _resumable(out, settings, fingerprint, test_sha):
+            records, keep_bytes = _whole_records(text, partial)
+            check_records(records, mine, windows, gcg, fingerprint, partial)
+        elif text:
+            log.warning("%s was written by another model, other data or other gcg settings: starting over", partial)
+        # Reset first (only whole records of this run stay), then say what the file now holds.
+        os.ftruncate(fd, keep_bytes)
+        os.fsync(fd)
+        write_json(
+            meta_path(out),
+            provenance(
+                dict(gcg),
+                inputs={"model": fingerprint, "test.npy": test_sha},
+                model_dir=str(model_dir),
+                model_sha256=fingerprint,
+                shard=shard,
+                samples=[int(s) for s in mine],
+            ),
+        )
+        done = {int(r["sample"]) for r in records}
+        todo = [int(s) for s in mine if int(s) not in done]
+        log.info(
+            "shard %d/%d: %d samples, %d already done, %d to attack",
+            shard, gcg["shards"], len(mine), len(done), len(todo),
+        )
+        _attack_batches(fd, todo, windows, model_dir, fingerprint, gcfg, gcg, shard, len(done), len(mine))
+        os.replace(partial, out)  # still under the lock: no other writer can have appended
+    log.info("shard %d complete: %s", shard, out)
+
+
+def _attack_batches(
+    fd: int, todo: list[int], windows, model_dir: Path, fingerprint: str, gcfg, gcg: Mapping, shard: int,
+    n_done: int, n_mine: int,
+) -> None:
+    """Attack `todo` in batches of gcg.batch_samples, appending each batch's records to the partial file."""
+    from ilm import gcg as gcg_attack
+    from ilm.model import load_model, resolve_device
+
+    if not todo:
+        return
+    P, L = gcfg.prefix_length, gcfg.target_length
+    model = gcg_attack.use_sdpa_attention(load_model(model_dir, resolve_device(gcfg.device)))
+    kill_after = faults.gcg_stop_after_batches()
     batch_size = int(gcg["batch_samples"])
     n_batches = (len(todo) + batch_size - 1) // batch_size
     for b in range(n_batches):
@@ -225,19 +354,12 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
         started = time.perf_counter()
         results = gcg_attack.run(model, prefix, target, gcfg, sample_seeds=batch)
         seconds = time.perf_counter() - started
-        _append(partial, [to_record(s, p, t, r) for s, p, t, r in zip(batch, prefix, target, results)])
-        finished = len(done) + b * batch_size + len(batch)
+        _append(fd, [to_record(s, fingerprint, p, t, r) for s, p, t, r in zip(batch, prefix, target, results)])
         log.info(
             "shard %d | batch %03d/%03d | samples %d/%d | %.1f sample-steps/s",
-            shard,
-            b + 1,
-            n_batches,
-            finished,
-            len(mine),
+            shard, b + 1, n_batches, n_done + b * batch_size + len(batch), n_mine,
             len(batch) * gcfg.steps / seconds,
         )
-        if stop_after is not None and b + 1 >= stop_after:
-            log.warning("%s=%d: stopping after %d batches", STOP_AFTER_BATCHES_ENV, stop_after, b + 1)
-            raise SystemExit(STOP_EXIT_CODE)
-    os.replace(partial, out)
-    log.info("shard %d complete: %s", shard, out)
+        if kill_after is not None and b + 1 >= kill_after:
+            log.warning("%s=%d: stopping after %d batches", faults.GCG_STOP_AFTER_BATCHES, kill_after, b + 1)
+            faults.simulate_kill()

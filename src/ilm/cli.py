@@ -16,10 +16,11 @@ from typing import Optional, Sequence
 from ilm import logger
 
 
-def _config(args: argparse.Namespace) -> dict:
+def _config(args: argparse.Namespace, stage: str) -> dict:
+    """--config and --config-json merged and validated as `stage` (a rule name) reads them."""
     from ilm.config import load_config, parse_config_json
 
-    return load_config(args.config, parse_config_json(args.config_json))
+    return load_config(args.config, parse_config_json(args.config_json), stage=stage)
 
 
 def _quiet_transformers() -> None:
@@ -46,7 +47,7 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
 def cmd_prepare_data(args: argparse.Namespace) -> None:
     from ilm.data import prepare_data
 
-    cfg = _config(args)
+    cfg = _config(args, "prepare_data")
     source = args.source if args.source is not None else cfg["data"]["source"]
     prepare_data(source, args.out_dir, cfg["data"], num_workers=args.workers)
 
@@ -58,13 +59,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     _quiet_transformers()
     from ilm.train import train
 
-    cfg = _config(args)
+    cfg = _config(args, "train_model")
     train(
         data_dir=args.data_dir,
         out_dir=args.out,
         checkpoint_dir=args.checkpoint_dir,
         variant=args.variant,
         config=cfg,
+        strict_resume=args.strict_resume,
     )
 
 
@@ -72,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _quiet_transformers()
     from ilm.evaluate import evaluate
 
-    cfg = _config(args)
+    cfg = _config(args, "evaluate_model")
     evaluate(
         model_dir=args.model,
         data_dir=args.data_dir,
@@ -86,11 +88,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 # --- GCG --------------------------------------------------------------------------------------
 
 
+def cmd_gcg_samples(args: argparse.Namespace) -> None:
+    from ilm.attack import write_sample_plan
+
+    write_sample_plan(args.data_dir, args.out, _config(args, "select_gcg_samples"))
+
+
 def cmd_gcg_attack(args: argparse.Namespace) -> None:
     _quiet_transformers()
     from ilm.attack import attack_shard
 
-    cfg = _config(args)
+    cfg = _config(args, "attack_gcg_shard")
     attack_shard(
         model_dir=args.model,
         data_dir=args.data_dir,
@@ -101,15 +109,18 @@ def cmd_gcg_attack(args: argparse.Namespace) -> None:
 
 
 def cmd_gcg_summary(args: argparse.Namespace) -> None:
-    from ilm.gcg_report import summarise_shards
+    from ilm.attack import read_sample_plan
+    from ilm.gcg_summary import summarise_shards
 
-    cfg = _config(args)
+    cfg = _config(args, "summarise_gcg")
     summarise_shards(
         args.shards,
         variant=args.variant,
         per_sample_out=args.per_sample_out,
         sweep_out=args.sweep_out,
         config=cfg,
+        plan=read_sample_plan(args.plan, cfg) if args.plan is not None else None,
+        model_dir=args.model,
     )
 
 
@@ -117,17 +128,21 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from ilm import report
+    from ilm.tables import TABLES, make_table
 
-    cfg = _config(args)
-    report.make_table(args.name, args.inputs, args.out_stem, config=cfg, tokenizer=args.tokenizer)
+    if args.name not in TABLES:
+        raise ValueError(f"unknown table {args.name!r}; choose one of: {', '.join(TABLES)}")
+    cfg = _config(args, f"tabulate_{args.name}")
+    make_table(args.name, args.inputs, args.out_stem, config=cfg, tokenizer=args.tokenizer)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from ilm import report
+    from ilm.figures import FIGURES, make_figure
 
-    cfg = _config(args)
-    report.make_figure(args.name, args.inputs, args.out_stem, config=cfg)
+    if args.name not in FIGURES:
+        raise ValueError(f"unknown figure {args.name!r}; choose one of: {', '.join(FIGURES)}")
+    cfg = _config(args, f"plot_{args.name}")
+    make_figure(args.name, args.inputs, args.out_stem, config=cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--out", type=Path, required=True, help="model directory (save_pretrained)")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="resume state (kept across kills)")
+    p.add_argument(
+        "--strict-resume",
+        action="store_true",
+        help="fail on an unreadable checkpoint instead of moving it aside and starting afresh",
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -166,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("gcg-samples", help="fix the attacked test windows and their shards (samples.json)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="samples.json")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_gcg_samples)
+
     p = sub.add_parser("gcg-attack", help="attack shard k of n of the GCG samples (resumable)")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
@@ -175,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gcg_attack)
 
     p = sub.add_parser("gcg-summary", help="merge shards: per-sample gcg.csv and the gcg_sweep.csv")
-    p.add_argument("--shards", type=Path, nargs="+", required=True)
+    p.add_argument("--shards", type=Path, nargs="+", required=True, help="every shard file, in shard order")
+    p.add_argument("--plan", type=Path, default=None, help="samples.json: each shard must hold all its samples")
+    p.add_argument("--model", type=Path, default=None, help="model directory: every record must be this model's")
     p.add_argument("--variant", required=True)
     p.add_argument("--per-sample-out", type=Path, required=True)
     p.add_argument("--sweep-out", type=Path, required=True)

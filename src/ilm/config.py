@@ -1,20 +1,37 @@
-"""The workflow's configuration: one YAML validated by one JSON Schema that holds the defaults.
+"""The workflow's configuration: one YAML validated by one JSON Schema that holds every default and range.
 
-The same validation runs in the Snakefile (before any job starts) and in every `ilm`
-command, so a bad value fails early and the message names the key and the fix.
+The same validation runs in the Snakefile (before any job starts) and in every `ilm` command,
+so a bad value fails early and the message names the key and the fix. Validation, in order:
+
+1. coerce strings to the schema's types (`snakemake --config 'train={lr: 0.001}'` passes
+   every nested value as a string, and YAML 1.1 reads `1e-3` as a string);
+2. fill the schema's defaults;
+3. check types and ranges against the schema, and that every number is finite;
+4. run the rules that span keys (a window longer than the model's positions, ...) on the
+   merged config, defaults included.
+
+Each workflow stage reads a slice of the config (`STAGES`): the Snakefile passes exactly that
+slice to `ilm`, so a changed setting reruns only the stages that read it, and a stage's
+validation runs the cross-key rules that lie inside its slice. The component dataclasses
+(`TrainConfig`, `GCGConfig`, ...) have no defaults of their own: `ConfigSection.from_dict`
+builds them from a validated section.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Optional, TypeVar
 
 import jsonschema
 import yaml
+
+from ilm.names import SPECIAL_TOKENS
 
 
 @lru_cache(maxsize=1)
@@ -24,9 +41,137 @@ def load_schema() -> dict:
     return yaml.safe_load(text)
 
 
+def schema_defaults(section: str) -> dict:
+    """The schema's default of every key of one config section."""
+    properties = load_schema()["properties"][section]["properties"]
+    return {key: copy.deepcopy(sub["default"]) for key, sub in properties.items()}
+
+
+# --- what each stage reads ------------------------------------------------------------------------
+
+
+class Scope(NamedTuple):
+    """The config a workflow stage reads: sections or single keys, minus keys only later stages read."""
+
+    items: tuple[str, ...]
+    drop: tuple[str, ...] = ()
+
+
+# Keyed by rule name. The rule passes stage_slice(config, rule) to `ilm`, so Snakemake reruns a
+# stage exactly when a setting it reads changes (changing gcg.examples reruns only that table).
+STAGES: dict[str, Scope] = {
+    "make_corpus": Scope(("corpus",)),
+    "prepare_data": Scope(("data",)),
+    "train_model": Scope(("data", "model", "objective", "train")),
+    "evaluate_model": Scope(("data", "model", "objective", "evaluate")),
+    "select_gcg_samples": Scope(
+        ("data.window", "gcg.prefix_length", "gcg.target_length", "gcg.fraction", "gcg.count", "gcg.sample_seed",
+         "gcg.shards")
+    ),
+    "attack_gcg_shard": Scope(("data", "model", "gcg"), drop=("gcg.iterations", "gcg.examples")),
+    "summarise_gcg": Scope(("gcg",), drop=("gcg.examples",)),
+    "tabulate_forward_quality": Scope(()),
+    "tabulate_inverse_accuracy": Scope(()),
+    "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps")),
+    "tabulate_gcg_examples": Scope(("gcg.examples",)),
+    "plot_gcg_success_rate": Scope(("gcg.iterations", "gcg.steps")),
+}
+
+
+def _stage(stage: str) -> Scope:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+    return STAGES[stage]
+
+
+def scope_keys(scope: Scope) -> frozenset[str]:
+    """The dotted keys of a scope ("data" expands to every data.* key of the schema)."""
+    properties = load_schema()["properties"]
+    keys: set[str] = set()
+    for item in scope.items:
+        section, _, key = item.partition(".")
+        if key or properties[section].get("type") != "object":
+            keys.add(item)
+        else:
+            keys.update(f"{section}.{k}" for k in properties[section]["properties"])
+    return frozenset(keys - set(scope.drop))
+
+
+def stage_slice(config: Mapping, stage: str) -> dict:
+    """The part of a validated `config` that `stage` reads, nested by section."""
+    sliced: dict = {}
+    for dotted in sorted(scope_keys(_stage(stage))):
+        section, _, key = dotted.partition(".")
+        if key:
+            sliced.setdefault(section, {})[key] = copy.deepcopy(config[section][key])
+        else:
+            sliced[section] = copy.deepcopy(config[section])
+    return sliced
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def _types(schema: Mapping) -> list[str]:
+    t = schema.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+# YAML's spellings of the non-finite floats, so they reach the finite-number check as numbers.
+_YAML_FLOATS = {".inf": "inf", "+.inf": "inf", "-.inf": "-inf", ".nan": "nan"}
+
+
+def _coerce_scalar(value: str, types: list[str]) -> Any:
+    """A string as the first schema type it parses as; unchanged where none fits (validation names it)."""
+    text = value.strip()
+    low = text.lower()
+    if "null" in types and low in ("null", "~", "none"):
+        return None
+    if "boolean" in types and low in ("true", "false", "yes", "no", "on", "off"):
+        return low in ("true", "yes", "on")
+    if "integer" in types:
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = None
+            if number is not None and math.isfinite(number) and number.is_integer():
+                return int(number)
+    if "number" in types:
+        try:
+            return float(_YAML_FLOATS.get(low, text))
+        except ValueError:
+            pass
+    return value
+
+
+def coerce_types(value: Any, schema: Mapping) -> Any:
+    """A copy of `value` with strings (and integral floats) turned into the types `schema` asks for."""
+    if isinstance(value, Mapping):
+        properties = schema.get("properties", {})
+        return {k: coerce_types(v, properties[k]) if k in properties else v for k, v in value.items()}
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [coerce_types(v, items) for v in value] if isinstance(items, Mapping) else list(value)
+    types = _types(schema)
+    if isinstance(value, str) and "string" not in types:
+        return _coerce_scalar(value, types)
+    if (
+        isinstance(value, float)
+        and "integer" in types
+        and "number" not in types
+        and math.isfinite(value)
+        and value.is_integer()
+    ):
+        return int(value)
+    return value
+
+
 def _fill_defaults(instance: Any, schema: Mapping) -> None:
     """Insert schema defaults into `instance`, depth first, without overwriting given values."""
-    if not isinstance(instance, dict) or schema.get("type") != "object":
+    if not isinstance(instance, dict) or "object" not in _types(schema):
         return
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
@@ -35,44 +180,65 @@ def _fill_defaults(instance: Any, schema: Mapping) -> None:
             _fill_defaults(instance[key], sub)
 
 
-def _key_path(error: jsonschema.ValidationError) -> str:
+def _path(parts: Iterable) -> str:
     path = ""
-    for part in error.absolute_path:
+    for part in parts:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path or "<top level>"
 
 
-def _given_keys(config: Mapping) -> set[str]:
-    """Dotted names of the keys present before defaults are filled (`train.lr`, `variants`)."""
-    keys = set()
-    for section, value in config.items():
-        keys.add(section)
-        if isinstance(value, Mapping):
-            keys.update(f"{section}.{key}" for key in value)
-    return keys
+def _error_lines(error: jsonschema.ValidationError) -> list[str]:
+    """One line per problem, naming the dotted key; an unknown key is named itself, with the valid ones."""
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = error.schema.get("properties", {})
+        prefix = _path(error.absolute_path)
+        prefix = "" if prefix == "<top level>" else prefix + "."
+        return [
+            f"  {prefix}{key}: unknown key (valid keys: {', '.join(known)})"
+            for key in error.instance
+            if key not in known
+        ]
+    return [f"  {_path(error.absolute_path)}: {error.message}"]
 
 
-def validate_config(config: Mapping) -> dict:
-    """Return a validated copy of `config` with every default filled in.
+def _non_finite(value: Any, parts: tuple = ()) -> Iterable[str]:
+    """Paths of the inf and NaN numbers in `value`."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _non_finite(v, parts + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, parts + (i,))
+    elif isinstance(value, float) and not math.isfinite(value):
+        yield f"  {_path(parts)}: {value} is not a finite number"
 
-    Rules across keys run only where every key involved was given: a rule that passes
-    an `ilm` command a slice of the config is not judged on defaults it never set.
-    Raises ValueError naming the offending key.
+
+def validate_config(
+    config: Mapping, stage: Optional[str] = None, scope: Optional[Iterable[str]] = None
+) -> dict:
+    """A validated copy of `config`: types coerced, defaults filled, ranges and cross-key rules checked.
+
+    Without `stage` or `scope` every cross-key rule runs (the Snakefile, a whole config file).
+    With one, only the rules whose keys all lie in that stage's slice (or in the dotted keys of
+    `scope`) run: a stage is judged on what it reads. Raises ValueError naming each bad key.
     """
-    cfg = copy.deepcopy(dict(config))
-    given = _given_keys(cfg)
     schema = load_schema()
+    cfg = coerce_types(copy.deepcopy(dict(config)), schema)
     _fill_defaults(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  {_key_path(e)}: {e.message}" for e in errors]
+    lines = [line for e in errors for line in _error_lines(e)]
+    lines += sorted(_non_finite(cfg))
+    if lines:
         raise ValueError(
-            "invalid configuration (fix these keys in config.yaml or the preset that overrides it):\n"
+            "invalid configuration (fix these keys in config.yaml, the preset or --config that sets them):\n"
             + "\n".join(lines)
         )
-    for keys, check in _CONSISTENCY_RULES:
-        if all(k in given for k in keys):
+    if stage is not None:
+        scope = scope_keys(_stage(stage))
+    in_scope = None if scope is None else frozenset(scope)
+    for keys, check in _CROSS_KEY_RULES:
+        if in_scope is None or set(keys) <= in_scope:
             check(cfg)
     return cfg
 
@@ -132,9 +298,12 @@ def _micro_batch_divides(cfg: dict) -> None:
 
 
 def _attack_fits_window(cfg: dict) -> None:
-    gcg = cfg["gcg"]
-    if gcg["prefix_length"] + gcg["target_length"] > cfg["data"]["window"]:
-        _fail("gcg.prefix_length + gcg.target_length must fit in data.window")
+    gcg, window = cfg["gcg"], cfg["data"]["window"]
+    if gcg["prefix_length"] + gcg["target_length"] > window:
+        _fail(
+            f"gcg.prefix_length + gcg.target_length ({gcg['prefix_length']} + {gcg['target_length']}) "
+            f"must fit in data.window ({window})"
+        )
 
 
 def _budgets_within_steps(cfg: dict) -> None:
@@ -143,8 +312,25 @@ def _budgets_within_steps(cfg: dict) -> None:
         _fail(f"gcg.iterations goes up to {max(gcg['iterations'])} but gcg.steps is {gcg['steps']}")
 
 
-# (keys that must all be given, check): rules across keys that a JSON Schema cannot state.
-_CONSISTENCY_RULES = [
+def _gcg_top_k_fits_vocab(cfg: dict) -> None:
+    gcg, vocab = cfg["gcg"], cfg["model"]["vocab_size"]
+    usable = vocab if gcg["allow_special_tokens"] else vocab - len(SPECIAL_TOKENS)
+    if gcg["top_k"] > usable:
+        _fail(
+            f"gcg.top_k ({gcg['top_k']}) is larger than the {usable} tokens a candidate may use "
+            f"(model.vocab_size {vocab}{'' if gcg['allow_special_tokens'] else ' minus the special tokens'}); "
+            "lower gcg.top_k"
+        )
+
+
+def _evaluate_top_k_fits_vocab(cfg: dict) -> None:
+    largest, vocab = max(cfg["evaluate"]["top_k"]), cfg["model"]["vocab_size"]
+    if largest > vocab:
+        _fail(f"evaluate.top_k holds {largest}, more than model.vocab_size ({vocab}); every k must be at most it")
+
+
+# (keys the rule reads, check): rules across keys that a JSON Schema cannot state.
+_CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("data.split_fractions",), _split_fractions_sum),
     (("data.stride", "data.window"), _stride_fits_window),
     (("data.window", "model.max_position_embeddings"), _window_fits_model),
@@ -153,20 +339,61 @@ _CONSISTENCY_RULES = [
     (("train.batch_size", "train.micro_batch_size"), _micro_batch_divides),
     (("gcg.prefix_length", "gcg.target_length", "data.window"), _attack_fits_window),
     (("gcg.iterations", "gcg.steps"), _budgets_within_steps),
+    (("gcg.top_k", "gcg.allow_special_tokens", "model.vocab_size"), _gcg_top_k_fits_vocab),
+    (("evaluate.top_k", "model.vocab_size"), _evaluate_top_k_fits_vocab),
 ]
 
 
-def load_config(path: Optional[Path] = None, overrides: Optional[Mapping] = None) -> dict:
-    """Read a YAML/JSON config file (or none), deep-merge `overrides` and validate."""
+# --- checks that need the prepared data ----------------------------------------------------------------
+
+
+def check_against_data(config: Mapping, stats: Mapping) -> None:
+    """Checks that need the prepared data (stats.json): made before any GPU job.
+
+    The Snakefile runs them when it starts, whenever results/data/stats.json is current, and
+    the select_gcg_samples rule runs them right after prepare_data.
+    """
+    from ilm.attack import sample_count  # numpy only
+
+    gcg = config["gcg"]
+    sample_count(int(stats["splits"]["test"]["windows"]), gcg["fraction"], gcg["count"])
+
+
+def check_data_stats(config: Mapping, stats_path: Path | str) -> None:
+    """check_against_data on `stats_path` when it exists and describes data made with config["data"]."""
+    stats_path = Path(stats_path)
+    if not stats_path.is_file():
+        return
+    try:
+        stats = json.loads(stats_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # prepare_data will rewrite it; its own checks run then
+    if stats.get("data_config") != config["data"]:
+        return  # the data will be prepared anew: select_gcg_samples checks it then
+    check_against_data(config, stats)
+
+
+# --- files and overrides ---------------------------------------------------------------------------------
+
+
+def load_config(
+    path: Optional[Path] = None, overrides: Optional[Mapping] = None, stage: Optional[str] = None
+) -> dict:
+    """Read a YAML/JSON config file (or none), deep-merge `overrides` and validate (for `stage`, if given)."""
     cfg: dict = {}
     if path is not None:
         path = Path(path)
         if not path.exists():
             raise ValueError(f"config file {path} does not exist")
-        cfg = yaml.safe_load(path.read_text()) or {}
+        try:
+            cfg = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"config file {path} must hold a mapping of sections, not {type(cfg).__name__}")
     if overrides:
         cfg = deep_merge(cfg, overrides)
-    return validate_config(cfg)
+    return validate_config(cfg, stage=stage)
 
 
 def deep_merge(base: Mapping, update: Mapping) -> dict:
@@ -191,3 +418,30 @@ def parse_config_json(text: Optional[str]) -> dict:
     if not isinstance(value, dict):
         raise ValueError("--config-json must be a JSON object")
     return value
+
+
+# --- component dataclasses ------------------------------------------------------------------------------
+
+C = TypeVar("C", bound="ConfigSection")
+
+
+class ConfigSection:
+    """Base of the component dataclasses: fields without defaults, built from one config section.
+
+    A subclass sets SECTION (its config section); its fields are keys of that section.
+    `from_dict` validates the given values against the schema, fills the schema's defaults
+    and builds the dataclass (lists become tuples), so no default lives anywhere but the schema.
+    """
+
+    SECTION: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls: type[C], values: Optional[Mapping] = None) -> C:
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        scope = {f"{cls.SECTION}.{name}" for name in names}
+        section = validate_config({cls.SECTION: dict(values or {})}, scope=scope)[cls.SECTION]
+        return cls(**{name: _frozen(section[name]) for name in names})
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value

@@ -1,7 +1,7 @@
 """Seeded synthetic children's stories: an offline stand-in for TinyStoriesV2 (demo and tests).
 
 The text mimics TinyStoriesV2's raw files: paragraphs separated by newlines, stories separated
-by a line holding `<|endoftext|>` (method-spec §3.1). A story has a cast (hero, friend, parent,
+by a line holding `<|endoftext|>` (docs/method.md §3.1). A story has a cast (hero, friend, parent,
 pet), a setting, some everyday scenes with dialogue, one problem (losing, finding, sharing,
 something stuck or broken, a storm, a fear, a lost animal, a race, a new friend) and its
 resolution, and an ending. Lengths vary so that most stories give at least one 256-token window.

@@ -1,6 +1,6 @@
 """The data stage: stories -> BPE tokenizer -> fixed-length windows -> train/validation/test.
 
-Implements method-spec §3.2 (tokenizer) and §3.3 (windows and splits), with the fixes of §9.2:
+Implements docs/method.md §3.2 (tokenizer) and §3.3 (windows and splits), with the fixes of §9.2:
 a Metaspace decoder so decode -> encode round-trips, and (by default) the split made by story
 before windowing so overlapping windows of one story never land in two splits.
 
@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from array import array
 from dataclasses import dataclass
@@ -27,18 +25,17 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from ilm.io import provenance, write_json
-from ilm.model import SPECIAL_TOKENS  # method-spec §3.2: the trainer gives them ids 0-5 in order
+from ilm.io import fingerprints, provenance, remove_path, temp_sibling, write_json
+from ilm.names import EOT_MARKER, SPECIAL_TOKENS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
 log = logging.getLogger("ilm.data")
 
-EOT_MARKER = SPECIAL_TOKENS[5]
 METASPACE = "\u2581"  # the "▁" that Metaspace puts in place of spaces
 SPLITS = ("train", "validation", "test")
-# The paper cut its shuffled windows as train, test, validation (method-spec §3.3 step 5).
+# The paper cut its shuffled windows as train, test, validation (docs/method.md §3.3 step 5).
 CUT_ORDER = ("train", "test", "validation")
 TOKENIZER_FILE = "tokenizer.json"
 STATS_FILE = "stats.json"
@@ -51,6 +48,9 @@ TOKENIZE_BATCH = 2048
 HF_READ_BATCH = 1000  # dataset rows read at a time
 # Windows copied at a time when the raw files become shuffled .npy arrays.
 COPY_BLOCK = 1 << 16
+NPY_MAGIC = b"\x93NUMPY"
+# What to do about a damaged data file.
+_REPREPARE = "prepare the data again (`snakemake --forcerun prepare_data`, or `ilm prepare-data`)"
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
@@ -82,9 +82,15 @@ class StorySource:
     def __iter__(self) -> Iterator[str]:
         return split_stories(self.chunks(), self.separator)
 
+    def fingerprint(self) -> dict[str, str]:
+        """What the stories were read from: each text file's SHA-256, or the dataset's own fingerprint."""
+        if self.hf_dataset is not None:
+            return {self.description: f"datasets-fingerprint:{getattr(self.hf_dataset, '_fingerprint', None)}"}
+        return fingerprints(self.text_files)
+
 
 def split_stories(chunks: Iterable[str], separator: str) -> Iterator[str]:
-    """Stories from text units (method-spec §3.1): stripped, non-empty, without the marker.
+    """Stories from text units (docs/method.md §3.1): stripped, non-empty, without the marker.
 
     "line": every unit is a story. "endoftext": units are joined with newlines until a
     `<|endoftext|>`, which may also sit inside a unit.
@@ -128,7 +134,7 @@ def _detect_separator(sample: Iterable[str]) -> str:
 
 
 def _load_hf(source: str, data_cfg: dict):
-    """`datasets.load_dataset(source)` with data.hf_splits concatenated in order (method-spec §3.1)."""
+    """`datasets.load_dataset(source)` with data.hf_splits concatenated in order (docs/method.md §3.1)."""
     import datasets
 
     try:
@@ -199,7 +205,7 @@ def open_source(source: str, data_cfg: dict) -> StorySource:
 
 
 def new_tokenizer() -> Tokenizer:
-    """An untrained BPE tokenizer as method-spec §3.2, plus the Metaspace decoder of §9.2.1."""
+    """An untrained BPE tokenizer as docs/method.md §3.2, plus the Metaspace decoder of §9.2.1."""
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[0]))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
@@ -233,13 +239,11 @@ def _counting(stories: Iterable[str], tally: _CorpusTally) -> Iterator[List[str]
 
 def train_tokenizer(stories: Iterable[str], vocab_size: int, min_frequency: int) -> tuple[Tokenizer, _CorpusTally]:
     """Train the BPE on streamed stories; return it with the story count and alphabet."""
-    if vocab_size > np.iinfo(np.uint16).max + 1:
-        raise ValueError(f"data.vocab_size ({vocab_size}) must be at most 65536: windows are stored as uint16")
     tokenizer = new_tokenizer()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(SPECIAL_TOKENS),
         show_progress=sys.stderr.isatty(),  # its bar prints blank lines into log files
     )
     tally = _CorpusTally()
@@ -249,7 +253,7 @@ def train_tokenizer(stories: Iterable[str], vocab_size: int, min_frequency: int)
 
 
 def _check_vocabulary(tokenizer: Tokenizer, tally: _CorpusTally, vocab_size: int) -> None:
-    """The trained vocabulary fits data.vocab_size and has the special ids of method-spec §3.2."""
+    """The trained vocabulary fits data.vocab_size and has the special ids of docs/method.md §3.2."""
     # Metaspace turns spaces into "▁" and always prepends one, so "▁" is in every alphabet.
     alphabet = (tally.alphabet - {" "}) | {METASPACE}
     needed = len(SPECIAL_TOKENS) + len(alphabet)
@@ -274,12 +278,8 @@ def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
     """The trained tokenizer as a transformers tokenizer; `path` is the data dir or its tokenizer.json."""
     from transformers import PreTrainedTokenizerFast
 
-    path = Path(path)
-    file = path / TOKENIZER_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise ValueError(f"no tokenizer at {file}; run `ilm prepare-data --out-dir {path}` first")
     return PreTrainedTokenizerFast(
-        tokenizer_file=str(file),
+        tokenizer_object=read_tokenizer(path),
         unk_token=SPECIAL_TOKENS[0],
         bos_token=SPECIAL_TOKENS[1],
         eos_token=SPECIAL_TOKENS[2],
@@ -289,11 +289,23 @@ def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
     )
 
 
+def read_tokenizer(path: Path) -> Tokenizer:
+    """The trained tokenizer.json as a `tokenizers.Tokenizer`; a missing or corrupt file is a clear error."""
+    path = Path(path)
+    file = path / TOKENIZER_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"no tokenizer at {file}; run `ilm prepare-data` first")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # noqa: BLE001 - the Rust error names no file: one clear line instead
+        raise ValueError(f"{file} is not a readable tokenizer ({e}); {_REPREPARE}") from None
+
+
 # --- windows and splits -------------------------------------------------------------------------
 
 
 def window_starts(n_tokens: int, window: int, stride: int) -> range:
-    """Start offsets of the full windows of a story (method-spec §3.3): 0, stride, ... while start+window <= n.
+    """Start offsets of the full windows of a story (docs/method.md §3.3): 0, stride, ... while start+window <= n.
 
     The last partial window is dropped; a story shorter than `window` has none.
     """
@@ -417,19 +429,19 @@ def prepare_data(source: str, out_dir: Path, data_cfg: dict, num_workers: Option
     corpus = open_source(str(source), data_cfg)
     log.info("source %s (%s-separated stories), %d tokenizer threads", corpus.description, corpus.separator, workers)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging = temp_sibling(out_dir)  # a killed run's staging folder is removed here, on the rerun
+    staging.mkdir()
     try:
         stats = _prepare_into(corpus, staging, data_cfg)
         stats["seconds"] = round(time.time() - started, 2)
-        stats["provenance"] = provenance()
+        stats["provenance"] = provenance(inputs=corpus.fingerprint())
         write_json(staging / STATS_FILE, stats)
         out_dir.mkdir(exist_ok=True)
         # stats.json moves last: its presence marks a complete data directory.
         for name in [TOKENIZER_FILE] + [f"{s}.npy" for s in SPLITS] + [STATS_FILE]:
             os.replace(staging / name, out_dir / name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_path(staging)
     log.info("wrote %s in %.1f s", out_dir, stats["seconds"])
     return stats
 
@@ -538,10 +550,22 @@ def _prepare_into(corpus: StorySource, staging: Path, data_cfg: dict) -> dict:
 
 
 def load_split(data_dir: Path, split: str) -> np.ndarray:
-    """One split's windows, memory-mapped, shape (N, window), uint16."""
+    """One split's windows, memory-mapped, shape (N, window), uint16; a damaged file is a clear error."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     path = Path(data_dir) / f"{split}.npy"
     if not path.is_file():
         raise ValueError(f"no {split} split at {path}; run `ilm prepare-data --out-dir {data_dir}` first")
-    return np.load(path, mmap_mode="r")
+    with open(path, "rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise ValueError(f"{path} is not a .npy file (no NumPy header); {_REPREPARE}")
+    try:
+        windows = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # e.g. a file cut short: "mmap length is greater than file size"
+        raise ValueError(f"{path} is not a readable .npy array ({e}); {_REPREPARE}") from None
+    if windows.dtype != np.uint16 or windows.ndim != 2:
+        raise ValueError(
+            f"{path} holds a {windows.dtype} array of shape {windows.shape}, not uint16 [windows, tokens] "
+            f"as `ilm prepare-data` writes; {_REPREPARE}"
+        )
+    return windows

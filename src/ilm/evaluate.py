@@ -1,4 +1,4 @@
-"""Test-split evaluation: forward LM quality and inverse accuracy under every protocol (method-spec §6.1).
+"""Test-split evaluation: forward LM quality and inverse accuracy under every protocol (docs/method.md §6.1).
 
 forward.json: next-token CE, perplexity and top-k accuracy on the plain test windows (what
 GCG sees), the last position having no target. inverse.json: for each protocol (identity,
@@ -11,20 +11,35 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ilm.config import ConfigSection
 from ilm.data import load_split
-from ilm.io import provenance, write_json
+from ilm.io import file_sha256, model_fingerprint, provenance, write_json
 from ilm.model import load_model, resolve_device
-from ilm.objectives import PROTOCOLS, ObjectiveConfig, inverse_logits, parse_variant, topk_correct
+from ilm.names import PROTOCOLS, parse_variant
+from ilm.objectives import ObjectiveConfig, inverse_logits, topk_correct
 
 logger = logging.getLogger("ilm.evaluate")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(ConfigSection):
+    """The `evaluate:` section (defaults and ranges: the schema)."""
+
+    SECTION = "evaluate"
+    batch_size: int  # windows per evaluation batch
+    max_sequences: Optional[int]  # evaluate the first N test windows; None = all
+    seed: int  # Bert-like masking of the inverse protocol
+    top_k: tuple[int, ...]  # reported top-k accuracies
+    device: str
 
 
 def _batches(windows: np.ndarray, batch_size: int, device: torch.device, desc: str):
@@ -40,7 +55,7 @@ def forward_metrics(
 ) -> dict:
     """Next-token CE, perplexity, top-k accuracy and the number of predicted positions (§1.2).
 
-    Position t predicts token t+1; the last position has no target (DESIGN fidelity decision).
+    Position t predicts token t+1; the last position has no target (docs/method.md §0).
     """
     ce_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in ks}
@@ -127,28 +142,29 @@ def evaluate(
 ) -> None:
     """Write forward.json and inverse.json for the model in model_dir on the test split."""
     model_dir, data_dir = Path(model_dir), Path(data_dir)
-    eval_cfg: Mapping = config["evaluate"]
+    cfg = EvaluateConfig.from_dict(config["evaluate"])
     _, gradient_only = parse_variant(variant)  # the Baseline projects x - g like the plain variants
     objective_cfg = ObjectiveConfig.from_dict(config["objective"])
-    ks = sorted(set(eval_cfg["top_k"]))
-    device = resolve_device(eval_cfg["device"])
+    ks = sorted(set(cfg.top_k))
+    device = resolve_device(cfg.device)
 
     windows = load_split(data_dir, "test")
-    if eval_cfg["max_sequences"] is not None:
-        windows = windows[: eval_cfg["max_sequences"]]
+    if cfg.max_sequences is not None:
+        windows = windows[: cfg.max_sequences]
     model = load_model(model_dir, device)  # eval mode
     _check_test_windows(data_dir, windows, model)
     logger.info("evaluating %s (%s) on %d test windows on %s", variant, model_dir, windows.shape[0], device)
 
-    forward = forward_metrics(model, windows, eval_cfg["batch_size"], ks, device)
+    forward = forward_metrics(model, windows, cfg.batch_size, ks, device)
     inverse = {
         protocol: inverse_metrics(
-            model, windows, protocol, gradient_only, objective_cfg, eval_cfg["batch_size"], ks, eval_cfg["seed"], device
+            model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device
         )
         for protocol in PROTOCOLS
     }
     meta = provenance(
-        {"objective": dict(config["objective"]), "evaluate": dict(eval_cfg)},
+        {"objective": dict(config["objective"]), "evaluate": dict(config["evaluate"])},
+        inputs={"model": model_fingerprint(model_dir), "test.npy": file_sha256(data_dir / "test.npy")},
         variant=variant,
         model_dir=str(model_dir),
         data_dir=str(data_dir),

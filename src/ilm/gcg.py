@@ -1,4 +1,4 @@
-"""Greedy Coordinate Gradient (GCG) prefix attack on token ids (method-spec §4.2, §9.4).
+"""Greedy Coordinate Gradient (GCG) prefix attack on token ids (docs/method.md §4.2, §9.4).
 
 The attack searches a `prefix_length`-token prefix x* that makes the model predict the
 `target_length`-token target y, minimising the mean teacher-forced CE of y given x*
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ilm.model import SPECIAL_TOKENS
+from ilm.config import ConfigSection
+from ilm.names import SPECIAL_TOKENS
 
 log = logging.getLogger("ilm.gcg")
 
@@ -43,32 +44,21 @@ NONFINITE_LOSS = 1e6
 GRAD_NORM_FLOOR = 1e-8
 
 
-@dataclass
-class GCGConfig:
-    """Settings of one GCG attack: the `gcg:` section of config.yaml (method-spec §4.2)."""
+@dataclass(frozen=True)
+class GCGConfig(ConfigSection):
+    """Settings of one GCG attack: the attack keys of the `gcg:` section (defaults and ranges: the schema)."""
 
-    prefix_length: int = 20  # P: adversarial prefix tokens (= original prefix length)
-    target_length: int = 10  # L: target tokens following the prefix
-    steps: int = 500  # GCG iterations per sample
-    search_width: int = 4096  # W: candidates per sample per step
-    top_k: int = 256  # tokens per position with the most negative gradient
-    seed: int = 444  # base seed; each sample's generator also mixes in its sample seed
-    allow_special_tokens: bool = True  # the paper allows ids 0-5 in the init and candidates
-    max_candidates_per_forward: int = 16384  # memory budget of one candidate forward (sequences)
-    precision: str = "bf16"  # bf16: autocast on CUDA (CPU always runs the model's dtype)
-    device: str = "auto"  # where attack_shard puts the model; run() uses the model's device
-
-    @classmethod
-    def from_dict(cls, gcg: Mapping) -> "GCGConfig":
-        """Build from config["gcg"]; keys for other stages (fraction, shards, ...) are ignored."""
-        names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in gcg.items() if k in names})
-        for key in ("prefix_length", "target_length", "steps", "search_width", "top_k", "max_candidates_per_forward"):
-            if int(getattr(cfg, key)) < 1:
-                raise ValueError(f"gcg.{key} must be a positive integer (got {getattr(cfg, key)!r})")
-        if cfg.precision not in ("bf16", "fp32"):
-            raise ValueError(f"gcg.precision must be 'bf16' or 'fp32' (got {cfg.precision!r})")
-        return cfg
+    SECTION = "gcg"
+    prefix_length: int  # P: adversarial prefix tokens (= original prefix length)
+    target_length: int  # L: target tokens following the prefix
+    steps: int  # GCG iterations per sample
+    search_width: int  # W: candidates per sample per step
+    top_k: int  # tokens per position with the most negative gradient
+    seed: int  # base seed; each sample's generator also mixes in its sample seed
+    allow_special_tokens: bool  # the paper allows ids 0-5 in the init and candidates
+    max_candidates_per_forward: int  # memory budget of one candidate forward (sequences)
+    precision: str  # bf16: autocast on CUDA (CPU always runs the model's dtype)
+    device: str  # where attack_shard puts the model; run() uses the model's device
 
 
 @dataclass
@@ -291,7 +281,7 @@ def run(
     config: GCGConfig,
     sample_seeds: Sequence[int],
 ) -> list[GCGResult]:
-    """Attack S samples together with GCG (method-spec §4.2); one GCGResult per sample.
+    """Attack S samples together with GCG (docs/method.md §4.2); one GCGResult per sample.
 
     prefix_ids: (S, P) original prefixes (scored for orig_loss and kl, never used by the
     search); target_ids: (S, L). sample_seeds: one int per sample (its index in the test

@@ -1,39 +1,101 @@
-"""Atomic outputs and provenance: a killed job never leaves a file that looks finished."""
+"""Atomic outputs, content fingerprints and provenance: a killed job never leaves a file that looks finished,
+and every output records what it was made from."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
+HASH_BLOCK = 1 << 20
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file's bytes (hex), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprints(paths: Iterable[Path | str]) -> dict[str, str]:
+    """{file name: SHA-256} of each file: the content an output was made from, independent of where it lives."""
+    return {Path(p).name: file_sha256(p) for p in paths}
+
+
+def _temp_name(path: Path) -> str:
+    """The temporary sibling of `path` for this process: host and pid, so a rerun can tell dead leftovers."""
+    return f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary siblings of `path` left by killed processes of this host; return them.
+
+    A live process's temporary (another writer on this host, or any host's we cannot see) stays.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefix = f".{path.name}.tmp-{socket.gethostname()}-"
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = candidate.name[len(prefix):] if candidate.name.startswith(prefix) else ""
+        if pid.isdigit() and not _process_alive(int(pid)):
+            remove_path(candidate)
+            removed.append(candidate)
+    return removed
+
+
+def temp_sibling(path: Path | str) -> Path:
+    """A fresh temporary path beside `path` for this process, after removing killed processes' leftovers."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(path)
+    tmp = path.parent / _temp_name(path)
+    remove_path(tmp)
+    return tmp
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
-    Works for files and directories (a directory target is replaced whole).
+    Works for files and directories (a directory target is replaced whole). Temporaries of
+    killed earlier attempts are removed first, so nothing a kill leaves behind accumulates.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    _remove(tmp)
+    tmp = temp_sibling(path)
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
 
 
-def _remove(p: Path) -> None:
+def remove_path(p: Path) -> None:
+    """Delete a file, link or directory tree if it exists."""
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p)
     elif p.exists() or p.is_symlink():
@@ -47,7 +109,6 @@ def write_text(path: Path | str, text: str) -> None:
 
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
 
 
 def git_commit() -> Optional[str]:
@@ -65,22 +126,42 @@ def git_commit() -> Optional[str]:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def provenance(config: Optional[Mapping] = None, **extra: Any) -> dict:
-    """What made an output: config slice, code version and library versions."""
-    import torch
-    import transformers
+def _version(package: str) -> Optional[str]:
+    """An installed package's version, read from its metadata (importing torch takes seconds)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
+
+def provenance(
+    config: Optional[Mapping] = None, inputs: Optional[Mapping[str, str]] = None, **extra: Any
+) -> dict:
+    """What made an output: the config slice, the SHA-256 of each input file, code and library versions."""
     from ilm import __version__
 
-    meta = {
+    meta: dict[str, Any] = {
         "ilm_version": __version__,
         "git_commit": git_commit(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **{name: _version(name) for name in ("torch", "transformers", "tokenizers", "numpy")},
     }
     if config is not None:
         meta["config"] = dict(config)
+    if inputs is not None:
+        meta["inputs_sha256"] = dict(inputs)
     meta.update(extra)
     return meta
+
+
+def model_fingerprint(model_dir: Path | str) -> str:
+    """SHA-256 over a model directory's config.json and weights: which model produced a result."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256()
+    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"{file} does not exist: {model_dir} is not a complete model directory")
+        digest.update(file.name.encode() + b"\0" + file_sha256(file).encode())
+    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""The paper's model: a small Llama trained from scratch (method-spec §2.1)."""
+"""The paper's model: a small Llama trained from scratch (docs/method.md §2.1)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Mapping
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-# Ids fixed by the tokenizer's special-token order (method-spec §3.2).
-UNK_ID, BOS_ID, EOS_ID, PAD_ID, MASK_ID, EOT_ID = 0, 1, 2, 3, 4, 5
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<mask>", "<|endoftext|>"]
+from ilm.names import BOS_ID, EOS_ID, PAD_ID
 
 
 def llama_config(model_cfg: Mapping) -> LlamaConfig:
@@ -36,9 +34,19 @@ def build_model(model_cfg: Mapping) -> LlamaForCausalLM:
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> LlamaForCausalLM:
     """A model written by `ilm train` (HF save_pretrained directory), in eval mode."""
     path = Path(path)
-    if not (path / "config.json").exists():
-        raise ValueError(f"{path} is not a trained model directory (no config.json); run `ilm train` first")
-    model = LlamaForCausalLM.from_pretrained(path, attn_implementation="eager")
+    missing = [name for name in ("config.json", "model.safetensors") if not (path / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"{path} is not a complete model directory (no {' or '.join(missing)}); "
+            "run `ilm train` for it (snakemake reruns train_model when it is incomplete)"
+        )
+    try:
+        model = LlamaForCausalLM.from_pretrained(path, attn_implementation="eager")
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear line, not a traceback
+        raise ValueError(
+            f"{path} holds a model that cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"delete {path} and run `ilm train` for it again"
+        ) from e
     return model.to(device).eval()
 
 

@@ -1,11 +1,11 @@
-"""The training objectives: forward next-token CE and the inverse (ILM) losses (method-spec §1).
+"""The training objectives: forward next-token CE and the inverse (ILM) losses (docs/method.md §1).
 
 Every ILM variant classifies token ids from a vector built out of g, the gradient of the
 forward CE with respect to the input embeddings (§1.3, §1.5-§1.7):
 
     L = lambda_ce * L_fwd + lambda_inv * L_inv
 
-Conventions that differ from the paper's code (DESIGN.md "Fidelity decisions"):
+Conventions that differ from the paper's code (docs/method.md §0):
 * the last position has no target (the paper trained it to predict <unk>, §9.1.4);
 * g = d(summed CE)/dx / grad_scale_tokens, so its scale does not depend on the micro-batch (§9.1.2);
 * Bert-like projects the <pad> embedding minus g, not the integer pad id minus g (§9.1.3);
@@ -21,77 +21,24 @@ and every returned tensor is detached.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ilm.model import BOS_ID, PAD_ID
+from ilm.config import ConfigSection
+from ilm.names import BOS_ID, PAD_ID, PROTOCOLS, VARIANTS, check_protocol, parse_variant  # noqa: F401 (re-exported)
 
-VARIANTS: tuple[str, ...] = (
-    "base",
-    "identity",
-    "bert_like",
-    "inv_first",
-    "identity_grad",
-    "bert_like_grad",
-    "inv_first_grad",
-)
-PROTOCOLS: tuple[str, ...] = ("identity", "bert_like", "inv_first")
-_GRADIENT_ONLY_SUFFIX = "_grad"
+@dataclass(frozen=True)
+class ObjectiveConfig(ConfigSection):
+    """The `objective:` section (defaults and ranges: the schema)."""
 
-
-def parse_variant(name: str) -> tuple[Optional[str], bool]:
-    """(protocol, gradient_only) of a variant name; `base` has protocol None (§1.1)."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; valid variants are: {', '.join(VARIANTS)}")
-    if name == "base":
-        return None, False
-    if name.endswith(_GRADIENT_ONLY_SUFFIX):
-        return name[: -len(_GRADIENT_ONLY_SUFFIX)], True
-    return name, False
-
-
-def _check_protocol(protocol: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown inverse protocol {protocol!r}; valid protocols are: {', '.join(PROTOCOLS)}")
-
-
-@dataclass
-class ObjectiveConfig:
-    """The `objective:` section of the config."""
-
-    lambda_ce: float = 1.0  # weight of the forward next-token CE
-    lambda_inv: float = 0.5  # weight of the inverse CE (the paper's lambda_pag)
-    grad_scale_tokens: float = 65536.0  # g = d(sum CE)/dx / this; 65536 = the paper's 256x256 mean
-    mask_fraction: float = 0.1  # Bert-like: share of positions replaced by <pad>, at least one
-
-    def __post_init__(self) -> None:
-        if self.lambda_ce < 0:
-            raise ValueError(f"objective.lambda_ce must be >= 0 (got {self.lambda_ce})")
-        if self.lambda_inv < 0:
-            raise ValueError(f"objective.lambda_inv must be >= 0 (got {self.lambda_inv})")
-        if not self.grad_scale_tokens > 0:
-            raise ValueError(f"objective.grad_scale_tokens must be > 0 (got {self.grad_scale_tokens})")
-        if not 0 < self.mask_fraction <= 1:
-            raise ValueError(f"objective.mask_fraction must be in (0, 1] (got {self.mask_fraction})")
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "ObjectiveConfig":
-        """Build from `config["objective"]`; unknown keys are an error, missing ones take defaults."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) objective.{', objective.'.join(unknown)}; valid keys are: {', '.join(sorted(known))}"
-            )
-        values = {}
-        for key, value in d.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"objective.{key} must be a number, got {value!r}")
-            values[key] = float(value)
-        return cls(**values)
+    SECTION = "objective"
+    lambda_ce: float  # weight of the forward next-token CE
+    lambda_inv: float  # weight of the inverse CE (the paper's lambda_pag)
+    grad_scale_tokens: float  # g = d(sum CE)/dx / this; 65536 = the paper's 256x256 micro-batch mean
+    mask_fraction: float  # Bert-like: share of positions replaced by <pad>, at least one
 
 
 @dataclass
@@ -115,7 +62,7 @@ def forward_ce(
 ) -> torch.Tensor:
     """Next-token CE of logits at positions 0..T-2 against `targets` = ids[:, 1:] (§1.2).
 
-    The last position is not scored (DESIGN fidelity decision). `reduction`: mean | sum | none
+    The last position is not scored (docs/method.md §0). `reduction`: mean | sum | none
     ("none" gives (N, T-1)).
     """
     n, t = inputs_embeds.shape[:2]
@@ -174,7 +121,7 @@ def apply_mask(input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
 def _input_gradient(
     ce_sum: torch.Tensor, x: torch.Tensor, cfg: ObjectiveConfig, create_graph: bool, retain_graph: bool
 ) -> torch.Tensor:
-    """g = d(summed CE)/dx / grad_scale_tokens (DESIGN fidelity decision).  -> x.shape"""
+    """g = d(summed CE)/dx / grad_scale_tokens (docs/method.md §0).  -> x.shape"""
     (grad,) = torch.autograd.grad(ce_sum, x, create_graph=create_graph, retain_graph=retain_graph)
     return grad / cfg.grad_scale_tokens
 
@@ -251,7 +198,7 @@ def inverse_logits(
     Bert-like mask. The caller's `input_ids` is never modified. Under no_grad the results are
     detached; with grad enabled they stay differentiable.
     """
-    _check_protocol(protocol)
+    check_protocol(protocol)
     _check_input_ids(input_ids)
     track = torch.is_grad_enabled()
     with torch.enable_grad():

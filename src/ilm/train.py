@@ -1,4 +1,4 @@
-"""Train one model variant: a plain PyTorch loop with exact resume (method-spec §2.2, §2.3).
+"""Train one model variant: a plain PyTorch loop with exact resume (docs/method.md §2.2, §2.3).
 
 One optimizer step sees `train.batch_size` windows, reached by accumulating micro-batches
 whose losses are scaled so the accumulated gradient is the batch mean (never zeroed in
@@ -8,87 +8,75 @@ the lowest combined validation loss picks the model that is written out (§2.3).
 
 Everything a killed job needs to continue lives in `checkpoint_dir/last.pt`; with the data
 order a pure function of (seed, epoch) and every RNG state restored, N straight steps and
-N/2 + kill + resume + N/2 give bitwise the same weights on CPU.
+N/2 + kill + resume + N/2 give bitwise the same weights on the same machine. A checkpoint
+resumes only a run with the same fingerprint: variant, settings, and the SHA-256 of the
+split files and tokenizer. Any other checkpoint (or an unreadable one) is moved aside to
+`checkpoint_dir/stale/` and training starts afresh, so changed data or settings never reuse
+old weights.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as _dt
 import io
 import json
 import logging
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ilm.data import load_split
-from ilm.io import atomic_path, provenance
+from ilm import faults
+from ilm.config import ConfigSection
+from ilm.data import TOKENIZER_FILE, load_split, read_tokenizer
+from ilm.io import atomic_path, fingerprints, provenance
 from ilm.model import build_model, count_parameters, resolve_device
-from ilm.objectives import ObjectiveConfig, compute_objective, parse_variant
+from ilm.names import parse_variant
+from ilm.objectives import ObjectiveConfig, compute_objective
 
 logger = logging.getLogger("ilm.train")
 
-STOP_ENV = "ILM_STOP_AFTER_STEPS"  # simulate a killed job from outside (whole-workflow tests)
-KILLED_EXIT_CODE = 3
-STEP_SLEEP_ENV = "ILM_TRAIN_STEP_SLEEP"  # seconds idled per step: a smoke job long enough to cancel (tests)
 LOG_COLUMNS = ("step", "epoch", "tokens", "lr", "loss", "ce", "inv_ce", "val_loss", "val_ce", "tokens_per_s")
 CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = 2  # bumped when the payload changes; an older checkpoint is set aside, not misread
 BEST_DIR_NAME = "best"
 BEST_META_NAME = "best.json"
+STALE_DIR_NAME = "stale"
+ZIP_MAGIC = b"PK\x03\x04"
 # Train keys that change neither the weights nor the schedule, so a resume may change them.
-_RESUME_FREE_TRAIN_KEYS = ("device", "checkpoint_every", "log_every")
+RESUME_FREE_TRAIN_KEYS = ("device", "checkpoint_every", "log_every")
 
 
-@dataclass
-class TrainConfig:
-    """The `train:` section of the config (method-spec §2.2)."""
+@dataclass(frozen=True)
+class TrainConfig(ConfigSection):
+    """The `train:` section (docs/method.md §2.2; defaults and ranges: the schema)."""
 
-    seed: int = 444  # initialisation, data order and Bert-like masking
-    epochs: int = 25  # passes over the train split
-    batch_size: int = 4096  # sequences per optimizer step
-    micro_batch_size: int = 256  # sequences per forward; accumulation reaches batch_size
-    lr: float = 0.004  # peak AdamW learning rate
-    weight_decay: float = 0.01  # on all parameters, as the paper (§9.1.9)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 100  # linear warm-up, then linear decay to 0 at the last step
-    grad_clip: float = 1.0  # gradient-norm clip; 0 disables
-    max_steps: Optional[int] = None  # cap on optimizer steps; None = epochs x steps per epoch
-    val_every: int = 50  # optimizer steps between validations
-    val_sequences: int = 4096  # the fixed validation subset: the first N windows
-    checkpoint_every: int = 50  # optimizer steps between resume checkpoints
-    log_every: int = 10  # optimizer steps between train_log.csv rows
-    precision: str = "fp32"  # fp32 (TF32 allowed on CUDA) | bf16 autocast
-    allow_tf32: bool = True
-    device: str = "auto"
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "TrainConfig":
-        """Build from `config["train"]` (already schema-validated); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown key(s) train.{', train.'.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        values = dict(d)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        cfg = cls(**values)
-        if cfg.batch_size % cfg.micro_batch_size:
-            raise ValueError(
-                f"train.batch_size ({cfg.batch_size}) must be a multiple of train.micro_batch_size "
-                f"({cfg.micro_batch_size}); change one of them"
-            )
-        if cfg.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
-        return cfg
+    SECTION = "train"
+    seed: int  # initialisation, data order and Bert-like masking
+    epochs: int  # passes over the train split
+    batch_size: int  # sequences per optimizer step
+    micro_batch_size: int  # sequences per forward; accumulation reaches batch_size
+    lr: float  # peak AdamW learning rate
+    weight_decay: float  # on all parameters, as the paper (§9.1.9)
+    betas: tuple[float, float]
+    warmup_steps: int  # linear warm-up, then linear decay to 0 at the last step
+    grad_clip: float  # gradient-norm clip; 0 disables
+    max_steps: Optional[int]  # cap on optimizer steps; None = epochs x steps per epoch
+    val_every: int  # optimizer steps between validations
+    val_sequences: int  # the fixed validation subset: the first N windows
+    checkpoint_every: int  # optimizer steps between resume checkpoints
+    log_every: int  # optimizer steps between train_log.csv rows
+    precision: str  # fp32 (TF32 allowed on CUDA) | bf16 autocast
+    allow_tf32: bool
+    device: str
 
 
 class WarmupLinearDecay:
@@ -108,24 +96,21 @@ class WarmupLinearDecay:
         return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
 
 
-@dataclass
-class RunState:
-    """The loop's own progress; saved in every checkpoint."""
-
-    step: int = 0  # optimizer steps done
-    best_val_loss: Optional[float] = None
-    best_step: Optional[int] = None
-    log_rows: list[dict] = field(default_factory=list)
+# --- data -------------------------------------------------------------------------------------------
 
 
-# --- data -------------------------------------------------------------------------------------
+class TrainData(NamedTuple):
+    """The splits training reads, and the SHA-256 of every file they came from."""
+
+    train: np.ndarray  # (N, T) uint16, memory-mapped
+    validation: np.ndarray  # (Nv, T) uint16
+    fingerprints: dict[str, str]  # file name -> SHA-256: train.npy, validation.npy, tokenizer.json
 
 
-def _check_inputs(data_dir: Path, model_cfg: Mapping, train_data: np.ndarray, val_data: np.ndarray) -> None:
-    """Fail before any work when the data cannot feed this model (bad user input -> ValueError)."""
+def load_train_data(data_dir: Path, model_cfg: Mapping) -> TrainData:
+    """The train and validation splits, checked against the model; fails before any work on bad input."""
+    train_data, val_data = load_split(data_dir, "train"), load_split(data_dir, "validation")
     for split, arr in (("train", train_data), ("validation", val_data)):
-        if arr.ndim != 2:
-            raise ValueError(f"{data_dir}/{split}.npy must be a 2-D [windows, tokens] array, got shape {arr.shape}")
         if arr.shape[0] == 0:
             raise ValueError(
                 f"the {split} split in {data_dir} is empty; prepare more data or change data.split_fractions"
@@ -143,11 +128,11 @@ def _check_inputs(data_dir: Path, model_cfg: Mapping, train_data: np.ndarray, va
             "data with a shorter data.window"
         )
     vocab = model_cfg["vocab_size"]
-    tokenizer_path = data_dir / "tokenizer.json"
+    files = [data_dir / "train.npy", data_dir / "validation.npy"]
+    tokenizer_path = data_dir / TOKENIZER_FILE
     if tokenizer_path.exists():
-        from tokenizers import Tokenizer
-
-        tokenizer_size = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
+        files.append(tokenizer_path)
+        tokenizer_size = read_tokenizer(tokenizer_path).get_vocab_size()
         if vocab < tokenizer_size:
             raise ValueError(
                 f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_size}, "
@@ -160,6 +145,7 @@ def _check_inputs(data_dir: Path, model_cfg: Mapping, train_data: np.ndarray, va
                 f"{data_dir}/{split}.npy holds token id {largest} but model.vocab_size is {vocab}; "
                 f"set model.vocab_size to at least {largest + 1}"
             )
+    return TrainData(train_data, val_data, fingerprints(files))
 
 
 def epoch_order(seed: int, epoch: int, n_windows: int) -> np.ndarray:
@@ -171,7 +157,45 @@ def _to_ids(windows: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(windows, dtype=np.int64)).to(device)  # (B, T)
 
 
-# --- one optimizer step -------------------------------------------------------------------------
+class Schedule(NamedTuple):
+    """How many windows a step takes and how many steps the run has."""
+
+    batch: int  # windows per optimizer step
+    steps_per_epoch: int
+    total: int  # optimizer steps of the whole run
+
+
+def plan_steps(cfg: TrainConfig, n_train: int) -> Schedule:
+    batch = cfg.batch_size
+    if n_train < batch:
+        logger.warning(
+            "the train split has %d windows, fewer than train.batch_size (%d): each step uses the whole split",
+            n_train, batch,
+        )
+        batch = n_train
+    steps_per_epoch = max(1, n_train // batch)
+    total = cfg.epochs * steps_per_epoch
+    return Schedule(batch, steps_per_epoch, total if cfg.max_steps is None else min(total, cfg.max_steps))
+
+
+def batch_windows(data: np.ndarray, seed: int, step: int, schedule: Schedule, cache: dict) -> np.ndarray:
+    """The windows of optimizer step `step` (0-based): a slice of its epoch's permutation."""
+    epoch, position = divmod(step, schedule.steps_per_epoch)
+    if cache.get("epoch") != epoch:
+        cache.update(epoch=epoch, order=epoch_order(seed, epoch, data.shape[0]))
+    return data[cache["order"][position * schedule.batch : (position + 1) * schedule.batch]]
+
+
+# --- one optimizer step -------------------------------------------------------------------------------
+
+
+def configure_matmul_precision(device: torch.device, allow_tf32: bool) -> None:
+    """TF32 matmuls on CUDA when allowed (the paper's "medium" fp32 precision, §2.2); CPU is unaffected."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -215,16 +239,6 @@ def accumulate_batch_gradients(
     return {"loss": totals["loss"], "ce": totals["ce"], "inv_ce": totals.get("inv_ce")}
 
 
-def lr_multiplier_schedule(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepping WarmupLinearDecay once per optimizer step."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(warmup_steps, total_steps))
-
-
-# --- validation ----------------------------------------------------------------------------------
-
-
 def validation_loss(
     model: torch.nn.Module,
     val_ids: torch.Tensor,
@@ -261,53 +275,186 @@ def validation_loss(
     return float(loss_sum) / n, float(ce_sum) / n
 
 
-# --- checkpoints -------------------------------------------------------------------------------
+def improves(val_loss: float, best: Optional[float]) -> bool:
+    """Whether val_loss is a new best; a NaN loss wins only when nothing else has been seen."""
+    if math.isnan(val_loss):
+        return best is None
+    return best is None or math.isnan(best) or val_loss < best
 
 
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
+# --- the run's state, checkpoints and resume -------------------------------------------------------------
 
 
-def run_fingerprint(config: Mapping, variant: str, train_shape: tuple, val_shape: tuple) -> dict:
-    """What a checkpoint must share with the current run to be resumed."""
-    train_cfg = {k: v for k, v in config["train"].items() if k not in _RESUME_FREE_TRAIN_KEYS}
-    return _jsonable(
-        {
-            "variant": variant,
-            "model": dict(config["model"]),
-            "objective": dict(config["objective"]),
-            "train": train_cfg,
-            "data": {"train_shape": list(train_shape), "validation_shape": list(val_shape)},
-        }
+@dataclass
+class Progress:
+    """The loop's own progress; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    best_val_loss: Optional[float] = None
+    best_step: Optional[int] = None
+    log_rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything that evolves during training and is saved in last.pt."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator  # Bert-like masks during training
+    progress: Progress
+    best_state: Optional[dict[str, torch.Tensor]] = None  # CPU copy of the best weights so far
+
+
+def new_run(model_cfg: Mapping, cfg: TrainConfig, total_steps: int, device: torch.device) -> Run:
+    """A freshly initialised model, AdamW (all parameters decayed, §9.1.9) and the LR schedule."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(cfg.warmup_steps, total_steps))
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    return Run(model, optimizer, scheduler, generator, Progress())
+
+
+def run_fingerprint(config: Mapping, variant: str, data_fingerprints: Mapping[str, str]) -> dict:
+    """What a checkpoint must share with the current run to be resumed: settings and input content."""
+    train_cfg = {k: v for k, v in config["train"].items() if k not in RESUME_FREE_TRAIN_KEYS}
+    return json.loads(
+        json.dumps(
+            {
+                "variant": variant,
+                "model": dict(config["model"]),
+                "objective": dict(config["objective"]),
+                "train": train_cfg,
+                "inputs_sha256": dict(data_fingerprints),
+            }
+        )
     )
 
 
-def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for key in sorted(set(a) | set(b)):
-            out += _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+def checkpoint_payload(run: Run, fingerprint: dict, device: torch.device) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "objective_generator": run.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "progress": asdict(run.progress),
+        "best_model": run.best_state,
+    }
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def set_aside(checkpoint_dir: Path, reason: str) -> Path:
+    """Move last.pt and best/ to checkpoint_dir/stale/<UTC time>-<reason>/ (kept for inspection, never reused)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    target = checkpoint_dir / STALE_DIR_NAME / f"{stamp}-{reason}"
+    target.mkdir(parents=True)
+    for name in (CHECKPOINT_NAME, BEST_DIR_NAME):
+        if (checkpoint_dir / name).exists():
+            (checkpoint_dir / name).rename(target / name)
+    return target
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """last.pt as saved by save_checkpoint; ValueError when it is not one (cut short, garbage, old format)."""
+    with open(path, "rb") as f:
+        if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:  # torch.save writes a zip archive
+            raise ValueError(f"{path} is not a readable checkpoint (not a file torch.save wrote)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # RNG states must stay on CPU
+    except Exception as e:  # noqa: BLE001 - zip, unpickling and EOF errors all mean "damaged"
+        # torch's own message advises weights_only=False (unpickling arbitrary code): not passed on.
+        raise ValueError(f"{path} is not a readable checkpoint (damaged or cut short: {type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this version of `ilm train` (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def resume(run: Run, checkpoint_dir: Path, fingerprint: dict, device: torch.device, strict: bool) -> bool:
+    """Restore `run` from checkpoint_dir/last.pt when it belongs to this run; return whether it did.
+
+    A checkpoint of another run (other settings or data) is moved aside and training starts
+    afresh. So is an unreadable one, unless `strict`, when it is an error.
+    """
+    path = checkpoint_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return False
+    try:
+        ckpt = _read_checkpoint(path)
+    except ValueError as e:
+        if strict:
+            raise ValueError(f"{e}; delete it to start afresh, or run without --strict-resume") from None
+        logger.warning("%s; moved it to %s and starting afresh", e, set_aside(checkpoint_dir, "unreadable"))
+        return False
+    differing = differing_keys(ckpt["fingerprint"], fingerprint)
+    if differing:
+        logger.warning(
+            "%s was written by another run (it differs in: %s); moved it to %s and starting afresh",
+            path, ", ".join(differing), set_aside(checkpoint_dir, "other-run"),
+        )
+        return False
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.generator.set_state(ckpt["objective_generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+    run.progress = Progress(**ckpt["progress"])
+    run.best_state = ckpt["best_model"]
+    logger.info("resuming from step %d", run.progress.step)
+    best_dir = checkpoint_dir / BEST_DIR_NAME
+    if run.best_state is not None and _best_dir_step(best_dir) != run.progress.best_step:
+        # A kill between saving best/ and last.pt can leave a best/ from beyond the checkpoint.
+        _save_best(best_dir, run.best_state, run.model, run.progress)
+    return True
 
 
 def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _save_best(best_dir: Path, model: torch.nn.Module, step: int, val_loss: float) -> None:
+def _save_best(best_dir: Path, state: dict[str, torch.Tensor], model: torch.nn.Module, progress: Progress) -> None:
     """The best model so far as an HF directory, with its step and validation loss."""
+    current = _state_copy(model)
+    model.load_state_dict(state)
     with atomic_path(best_dir) as tmp:
         model.save_pretrained(tmp)
-        (tmp / BEST_META_NAME).write_text(json.dumps({"step": step, "val_loss": val_loss}, indent=2) + "\n")
+        meta = {"step": progress.best_step, "val_loss": progress.best_val_loss}
+        (tmp / BEST_META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    model.load_state_dict(current)
 
 
-# --- logging -----------------------------------------------------------------------------------
+def _best_dir_step(best_dir: Path) -> Optional[int]:
+    meta = best_dir / BEST_META_NAME
+    try:
+        return json.loads(meta.read_text()).get("step")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# --- logging and the output ---------------------------------------------------------------------------------
 
 
 def _human(rate: float) -> str:
@@ -326,25 +473,29 @@ def _log_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _stop_step(stop_after_steps: Optional[int]) -> tuple[Optional[int], bool]:
-    """(step to stop after, whether to exit the process) from the argument or the environment."""
-    if stop_after_steps is not None:
-        if stop_after_steps < 1:
-            raise ValueError(f"stop_after_steps must be >= 1, got {stop_after_steps}")
-        return stop_after_steps, False
-    text = os.environ.get(STOP_ENV)
-    if not text:
-        return None, False
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"environment variable {STOP_ENV} must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"environment variable {STOP_ENV} must be a positive integer, got {text!r}")
-    return value, True
+def write_model(out_dir: Path, run: Run, config: Mapping, variant: str, extra: Mapping) -> None:
+    """out_dir: the best model (save_pretrained), train_log.csv and run_config.json, all at once."""
+    assert run.best_state is not None and run.progress.best_step is not None, "the last step always validates"
+    run.model.load_state_dict(run.best_state)
+    run_config = provenance(
+        {k: config[k] for k in ("data", "model", "objective", "train") if k in config},
+        variant=variant,
+        best_step=run.progress.best_step,
+        best_val_loss=run.progress.best_val_loss,
+        steps=run.progress.step,
+        **extra,
+    )
+    with atomic_path(out_dir) as tmp:
+        run.model.save_pretrained(tmp)
+        (tmp / "train_log.csv").write_text(_log_csv(run.progress.log_rows))
+        (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    logger.info(
+        "wrote %s: best model from step %d (val loss %.4f) after %d steps",
+        out_dir, run.progress.best_step, run.progress.best_val_loss, run.progress.step,
+    )
 
 
-# --- the loop ----------------------------------------------------------------------------------
+# --- the loop ----------------------------------------------------------------------------------------------
 
 
 def train(
@@ -355,165 +506,89 @@ def train(
     config: dict,
     *,
     stop_after_steps: Optional[int] = None,
+    strict_resume: bool = False,
 ) -> None:
     """Train `variant` on data_dir/{train,validation}.npy; write the best model to out_dir.
 
-    Resumes from checkpoint_dir/last.pt when it exists and matches the configuration.
-    out_dir (HF save_pretrained of the best model, train_log.csv, run_config.json) appears
-    only when training is complete. `stop_after_steps` (testing) returns right after the
-    checkpoint at that step, leaving no out_dir; the environment variable ILM_STOP_AFTER_STEPS
-    does the same but exits the process with status 3 (a simulated kill).
+    Resumes from checkpoint_dir/last.pt when it belongs to this run (see resume). out_dir
+    appears only when training is complete. `stop_after_steps` (tests) returns right after
+    the checkpoint at that step, leaving no out_dir; ILM_STOP_AFTER_STEPS does the same but
+    exits the process as a kill would (ilm.faults).
     """
     data_dir, out_dir, checkpoint_dir = Path(data_dir), Path(out_dir), Path(checkpoint_dir)
     cfg = TrainConfig.from_dict(config["train"])
     objective_cfg = ObjectiveConfig.from_dict(config["objective"])
-    stop_at, exit_on_stop = _stop_step(stop_after_steps)
     parse_variant(variant)
-    train_data = load_split(data_dir, "train")
-    val_data = load_split(data_dir, "validation")
-    _check_inputs(data_dir, config["model"], train_data, val_data)
-
-    n_train, window = train_data.shape
-    batch = cfg.batch_size
-    if n_train < batch:
-        logger.warning(
-            "the train split has %d windows, fewer than train.batch_size (%d): each step uses the whole split",
-            n_train, batch,
-        )
-        batch = n_train
-    steps_per_epoch = max(1, n_train // batch)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-
+    if stop_after_steps is not None and stop_after_steps < 1:
+        raise ValueError(f"stop_after_steps must be >= 1, got {stop_after_steps}")
+    kill_at = faults.train_stop_after_steps()
+    sleep = faults.train_step_sleep()
+    data = load_train_data(data_dir, config["model"])
+    schedule = plan_steps(cfg, data.train.shape[0])
     device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
-        torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
-        torch.set_float32_matmul_precision("high" if cfg.allow_tf32 else "highest")
+    configure_matmul_precision(device, cfg.allow_tf32)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(config["model"]).to(device)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = lr_multiplier_schedule(optimizer, cfg.warmup_steps, total)
-    generator = torch.Generator(device=device)  # Bert-like masks during training
-    generator.manual_seed(cfg.seed)
-    state = RunState()
-    best_state: Optional[dict[str, torch.Tensor]] = None
-
-    fingerprint = run_fingerprint(config, variant, train_data.shape, val_data.shape)
-    checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
-    best_dir = checkpoint_dir / BEST_DIR_NAME
-    if checkpoint_path.exists():
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)  # RNG states must stay on CPU
-        differing = _differing_keys(ckpt["fingerprint"], fingerprint)
-        if differing:
-            raise ValueError(
-                f"{checkpoint_path} was written by a run with a different configuration (differs in: "
-                f"{', '.join(differing)}); delete {checkpoint_dir} to start afresh, or restore that configuration"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        generator.set_state(ckpt["objective_generator"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-        state = RunState(
-            step=ckpt["step"],
-            best_val_loss=ckpt["best_val_loss"],
-            best_step=ckpt["best_step"],
-            log_rows=list(ckpt["log_rows"]),
-        )
-        best_state = ckpt["best_model"]
-        logger.info("resuming from step %d", state.step)
-        if best_state is not None and _best_dir_step(best_dir) != state.best_step:
-            # A kill between saving best/ and last.pt can leave a best/ from beyond the checkpoint.
-            current = _state_copy(model)
-            model.load_state_dict(best_state)
-            _save_best(best_dir, model, state.best_step, state.best_val_loss)
-            model.load_state_dict(current)
-
-    val_ids = _to_ids(val_data[: cfg.val_sequences], device)  # (Nv, T)
-    n_params = count_parameters(model)
+    run = new_run(config["model"], cfg, schedule.total, device)
+    fingerprint = run_fingerprint(config, variant, data.fingerprints)
+    resume(run, checkpoint_dir, fingerprint, device, strict_resume)
+    progress = run.progress
+    val_ids = _to_ids(data.validation[: cfg.val_sequences], device)  # (Nv, T)
+    n_params = count_parameters(run.model)
+    window = data.train.shape[1]
     logger.info(
         "training %s: %s parameters, %d train windows of %d tokens, batch %d (micro %d), %d steps/epoch, "
         "%d steps on %s",
-        variant, f"{n_params:,}", n_train, window, batch, cfg.micro_batch_size, steps_per_epoch, total, device,
+        variant, f"{n_params:,}", data.train.shape[0], window, schedule.batch, cfg.micro_batch_size,
+        schedule.steps_per_epoch, schedule.total, device,
     )
 
-    def checkpoint_payload() -> dict:
-        epoch, position = divmod(state.step, steps_per_epoch)
-        return {
-            "fingerprint": fingerprint,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "objective_generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "step": state.step,
-            "epoch": epoch,
-            "position": position,
-            "best_val_loss": state.best_val_loss,
-            "best_step": state.best_step,
-            "best_model": best_state,
-            "log_rows": state.log_rows,
-        }
-
-    tokens_per_step = batch * window
+    tokens_per_step = schedule.batch * window
     interval_tokens, interval_seconds = 0, 0.0
-    bar = tqdm(
-        total=total, initial=state.step, desc=f"train {variant}", unit="step", file=sys.stderr, dynamic_ncols=True
-    )
-    order_epoch, order = -1, np.empty(0, dtype=np.int64)
-    step_sleep = float(os.environ.get(STEP_SLEEP_ENV) or 0)
-    while state.step < total:
-        time.sleep(step_sleep)  # outside the timed region: changes neither the weights nor tokens/s
-        epoch, position = divmod(state.step, steps_per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(cfg.seed, epoch, n_train)
-        batch_ids = _to_ids(train_data[order[position * batch : (position + 1) * batch]], device)  # (B, T)
+    order_cache: dict = {}
+    bar = tqdm(total=schedule.total, initial=progress.step, desc=f"train {variant}", unit="step", file=sys.stderr,
+               dynamic_ncols=True)
+    while progress.step < schedule.total:
+        time.sleep(sleep)  # tests only; outside the timed region
+        batch_ids = _to_ids(batch_windows(data.train, cfg.seed, progress.step, schedule, order_cache), device)
 
         started = time.perf_counter()
-        lr = scheduler.get_last_lr()[0]
-        optimizer.zero_grad(set_to_none=True)  # once per optimizer step, never inside the accumulation
+        lr = run.scheduler.get_last_lr()[0]
+        run.optimizer.zero_grad(set_to_none=True)  # once per optimizer step, never inside the accumulation
         stats = accumulate_batch_gradients(
-            model, batch_ids, cfg.micro_batch_size, variant, objective_cfg, generator, cfg.precision
+            run.model, batch_ids, cfg.micro_batch_size, variant, objective_cfg, run.generator, cfg.precision
         )
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        progress.step += 1
         interval_seconds += time.perf_counter() - started
         interval_tokens += tokens_per_step
         rate = interval_tokens / max(interval_seconds, 1e-9)
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=_human(rate))
 
-        validate = state.step % cfg.val_every == 0 or state.step == total
+        last = progress.step == schedule.total
         val_loss = val_ce = None
-        if validate:
+        if progress.step % cfg.val_every == 0 or last:
             val_loss, val_ce = validation_loss(
-                model, val_ids, cfg.micro_batch_size, variant, objective_cfg, cfg.seed, cfg.precision
+                run.model, val_ids, cfg.micro_batch_size, variant, objective_cfg, cfg.seed, cfg.precision
             )
-            if _improves(val_loss, state.best_val_loss):
-                state.best_val_loss, state.best_step = val_loss, state.step
-                best_state = _state_copy(model)
-                _save_best(best_dir, model, state.step, val_loss)
+            if improves(val_loss, progress.best_val_loss):
+                progress.best_val_loss, progress.best_step = val_loss, progress.step
+                run.best_state = _state_copy(run.model)
+                _save_best(checkpoint_dir / BEST_DIR_NAME, run.best_state, run.model, progress)
             bar.write(
-                f"step {state.step:05d}/{total:05d} | loss {stats['loss']:.2f} | val {val_loss:.2f} | "
+                f"step {progress.step:05d}/{schedule.total:05d} | loss {stats['loss']:.2f} | val {val_loss:.2f} | "
                 f"{_human(rate)} tok/s",
                 file=sys.stderr,
             )
-        if validate or state.step % cfg.log_every == 0:
-            state.log_rows.append(
+        if val_loss is not None or progress.step % cfg.log_every == 0:
+            progress.log_rows.append(
                 {
-                    "step": state.step,
-                    "epoch": round(state.step / steps_per_epoch, 4),
-                    "tokens": state.step * tokens_per_step,
+                    "step": progress.step,
+                    "epoch": round(progress.step / schedule.steps_per_epoch, 4),
+                    "tokens": progress.step * tokens_per_step,
                     "lr": lr,
                     "loss": stats["loss"],
                     "ce": stats["ce"],
@@ -525,51 +600,23 @@ def train(
             )
             interval_tokens, interval_seconds = 0, 0.0
 
-        stopping = stop_at is not None and state.step == stop_at and state.step < total
-        if state.step % cfg.checkpoint_every == 0 or state.step == total or stopping:
-            _save_checkpoint(checkpoint_path, checkpoint_payload())
+        stopping = not last and progress.step in (stop_after_steps, kill_at)
+        if progress.step % cfg.checkpoint_every == 0 or last or stopping:
+            save_checkpoint(checkpoint_dir / CHECKPOINT_NAME, checkpoint_payload(run, fingerprint, device))
         if stopping:
             bar.close()
-            logger.info(
-                "stopping after step %d as asked (a simulated kill); checkpoint in %s", state.step, checkpoint_dir
-            )
-            if exit_on_stop:
-                raise SystemExit(KILLED_EXIT_CODE)
+            logger.info("stopping after step %d as asked; checkpoint in %s", progress.step, checkpoint_dir)
+            if progress.step == kill_at:
+                faults.simulate_kill()
             return
     bar.close()
-
-    assert best_state is not None and state.best_step is not None, "the last step always validates"
-    model.load_state_dict(best_state)
-    run_config = provenance(
-        {k: config[k] for k in ("data", "model", "objective", "train") if k in config},
-        variant=variant,
-        best_step=state.best_step,
-        best_val_loss=state.best_val_loss,
-        steps=state.step,
-        epochs_completed=round(state.step / steps_per_epoch, 4),
-        steps_per_epoch=steps_per_epoch,
-        batch_size=batch,
-        parameters=n_params,
+    write_model(
+        out_dir, run, config, variant,
+        {
+            "inputs_sha256": data.fingerprints,
+            "epochs_completed": round(progress.step / schedule.steps_per_epoch, 4),
+            "steps_per_epoch": schedule.steps_per_epoch,
+            "batch_size": schedule.batch,
+            "parameters": n_params,
+        },
     )
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        (tmp / "train_log.csv").write_text(_log_csv(state.log_rows))
-        (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    logger.info(
-        "wrote %s: best model from step %d (val loss %.4f) after %d steps",
-        out_dir, state.best_step, state.best_val_loss, state.step,
-    )
-
-
-def _improves(val_loss: float, best: Optional[float]) -> bool:
-    """Whether val_loss is a new best; a NaN loss wins only when nothing else has been seen."""
-    if math.isnan(val_loss):
-        return best is None
-    return best is None or math.isnan(best) or val_loss < best
-
-
-def _best_dir_step(best_dir: Path) -> Optional[int]:
-    meta = best_dir / BEST_META_NAME
-    if not meta.exists():
-        return None
-    return json.loads(meta.read_text()).get("step")

@@ -19,7 +19,12 @@ PROFILE_ARGS = ("--profile", str(REPO / "profiles" / "slurm"), "--profile", str(
 # A node announced bigger than this 2-core machine so profiles/slurm's requests (32 GB for training)
 # are schedulable; 4 CPUs and 4 fake GPUs let 4 one-thread jobs run at once. Nothing is enforced.
 NODE = {"ILM_SLURM_NODE_CPUS": "4", "ILM_SLURM_NODE_MEM_MB": "262144", "ILM_SLURM_FAKE_GPUS": "4"}
-GPU_RULES = {"train", "evaluate", "gcg_attack"}
+GPU_RULES = {"train_model", "evaluate_model", "attack_gcg_shard"}
+# Rules the Snakefile declares `localrules`: they run beside Snakemake, never through sbatch.
+LOCAL_RULES = {
+    "all", "select_gcg_samples", "summarise_gcg", "tabulate_forward_quality", "tabulate_inverse_accuracy",
+    "tabulate_gcg_summary", "tabulate_gcg_examples", "plot_gcg_success_rate",
+}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from slurm_helpers import (
     FAULTS_CONFIG,
     GPU_RULES,
+    LOCAL_RULES,
     run_on_slurm,
     sbatch_calls,
     start_on_slurm,
@@ -27,7 +28,8 @@ from workflow_helpers import SMOKE_CONFIG, read_tables, run_snakemake
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 FAULT_CONFIGS = (SMOKE_CONFIG, FAULTS_CONFIG)
-MODEL = "results/models/base"
+MODEL_DIR = "results/models/base"
+MODEL = f"{MODEL_DIR}/model.safetensors"  # the target that makes Snakemake train `base`
 SHARD = "results/gcg/base/shard0.jsonl"
 TIMING_FIELDS = {"seconds"}
 
@@ -72,7 +74,8 @@ def _records(path: Path) -> list[dict]:
 
 
 def _checkpoint_step(workdir: Path) -> int:
-    return torch.load(workdir / "results/checkpoints/base/last.pt", map_location="cpu", weights_only=True)["step"]
+    checkpoint = torch.load(workdir / "results/checkpoints/base/last.pt", map_location="cpu", weights_only=True)
+    return checkpoint["progress"]["step"]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +97,11 @@ def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_c
     proc = run_on_slurm(slurm_cluster, work)
     log = proc.stdout + proc.stderr
 
-    planned = {rule: n for rule, n in _job_stats(log).items() if rule != "all"}  # `all` runs locally
+    stats = _job_stats(log)
+    assert LOCAL_RULES <= set(stats)
+    planned = {rule: n for rule, n in stats.items() if rule not in LOCAL_RULES}  # local rules never reach sbatch
     jobs = slurm_cluster.jobs(work)
+    assert not {job.rule for job in jobs} & LOCAL_RULES
     per_rule = {rule: sum(job.rule == rule for job in jobs) for rule in planned}
     assert per_rule == planned and len(jobs) == sum(planned.values())
     assert {job.state for job in jobs} == {"COMPLETED"}
@@ -111,10 +117,10 @@ def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_c
         else:
             assert "--gpus" not in call and "gpu" not in job.tres_per_job, call
     # The profile's paper-scale requests reach sbatch (runtimes in minutes, attempt 1).
-    train_call = calls["rule_train_wildcards_base"][0].split()
+    train_call = calls["rule_train_model_wildcards_base"][0].split()
     assert train_call[train_call.index("-t") + 1] == "1440" and train_call[train_call.index("--mem") + 1] == "32000"
-    print("\nsbatch, GPU job:", calls["rule_train_wildcards_base"][0])
-    print("sbatch, CPU job:", calls["rule_table_forward_quality"][0])
+    print("\nsbatch, GPU job:", calls["rule_train_model_wildcards_base"][0])
+    print("sbatch, CPU job:", calls["rule_prepare_data"][0])
 
     tables = read_tables(work)
     assert tables and tables == read_tables(local_smoke)
@@ -128,7 +134,7 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, local_smo
     )
     try:
         job = wait_for(
-            lambda: [j for j in slurm_cluster.jobs(work) if j.rule == "train" and j.state == "RUNNING"],
+            lambda: [j for j in slurm_cluster.jobs(work) if j.rule == "train_model" and j.state == "RUNNING"],
             120, "the training job to run",
         )[0]
         wait_for(lambda: (work / "results/checkpoints/base/last.pt").exists(), 120, "a first checkpoint")
@@ -141,38 +147,38 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, local_smo
     step = _checkpoint_step(work)
     assert 0 < step < 24
     # (d) the cancelled job left no output that Snakemake takes as complete
-    assert not (work / MODEL).exists()
-    assert "train" in _planned_rules(work, MODEL)
+    assert not (work / MODEL_DIR).exists()
+    assert "train_model" in _planned_rules(work, MODEL)
 
     run_on_slurm(slurm_cluster, work, MODEL, configfiles=FAULT_CONFIGS)
     assert f"resuming from step {step}" in (work / "logs/train/base.log").read_text()
     assert [j.state for j in slurm_cluster.jobs(work)] == ["CANCELLED", "COMPLETED"]
-    _assert_same_weights(work / MODEL, fault_reference / MODEL)
+    _assert_same_weights(work / MODEL_DIR, fault_reference / MODEL_DIR)
 
 
 def test_training_past_its_time_limit_is_retried_longer_and_resumes(slurm_cluster, local_smoke, fault_reference, tmp_path):
     """A training job killed by its 1-minute limit is resubmitted with a longer one and resumes, not restarts."""
     work = _copy_results(local_smoke, tmp_path / "timeout", "results/corpus", "results/data")
     # 24 steps of 4 s outlast SLURM's kill at 60-90 s; attempt 2 gets 5 minutes. Other resources of
-    # `train` come from the rule (gpu=1): --set-resources on the command line replaces the profile's.
+    # `train_model` come from the rule (gpu=1): --set-resources on the command line replaces the profile's.
     proc = run_on_slurm(
-        slurm_cluster, work, MODEL, "--retries", "1", "--set-resources", "train:runtime=4*attempt-3",
+        slurm_cluster, work, MODEL, "--retries", "1", "--set-resources", "train_model:runtime=4*attempt-3",
         configfiles=FAULT_CONFIGS, env={"ILM_TRAIN_STEP_SLEEP": "4"},
     )
     jobs = slurm_cluster.jobs(work)
     assert [(j.state, j.time_limit) for j in jobs] == [("TIMEOUT", "00:01:00"), ("COMPLETED", "00:05:00")]
-    calls = sbatch_calls(proc.stdout + proc.stderr)["rule_train_wildcards_base"]
+    calls = sbatch_calls(proc.stdout + proc.stderr)["rule_train_model_wildcards_base"]
     assert [call.split()[call.split().index("-t") + 1] for call in calls] == ["1", "5"]
     assert all("--gpus=1" in call.split() for call in calls)
     resumed = re.search(r"resuming from step (\d+)", (work / "logs/train/base.log").read_text())
     assert resumed and int(resumed.group(1)) > 0
-    _assert_same_weights(work / MODEL, fault_reference / MODEL)
+    _assert_same_weights(work / MODEL_DIR, fault_reference / MODEL_DIR)
 
 
 def test_killed_gcg_shard_keeps_its_finished_samples(slurm_cluster, fault_reference, tmp_path):
     """A GCG shard killed after one batch leaves only shard0.partial.jsonl; the rerun attacks only the rest."""
     work = _copy_results(
-        fault_reference, tmp_path / "gcg", "results/corpus", "results/data", MODEL
+        fault_reference, tmp_path / "gcg", "results/corpus", "results/data", MODEL_DIR
     )
     proc = run_on_slurm(
         slurm_cluster, work, "--retries", "0", SHARD,
@@ -184,7 +190,7 @@ def test_killed_gcg_shard_keeps_its_finished_samples(slurm_cluster, fault_refere
     assert len(_records(partial)) == 2
     # (d) the killed shard left no output that Snakemake takes as complete
     assert not (work / SHARD).exists()
-    assert _planned_rules(work, SHARD) == {"gcg_attack"}
+    assert _planned_rules(work, SHARD) == {"attack_gcg_shard"}
 
     run_on_slurm(slurm_cluster, work, SHARD, configfiles=FAULT_CONFIGS)
     assert "4 samples, 2 already done, 2 to attack" in (work / "logs/gcg/base/shard0.log").read_text()

@@ -1,8 +1,27 @@
-rule gcg_attack:
+rule select_gcg_samples:
+    # The attacked test windows and their shards, the same for every variant; checks gcg.count against the data.
+    input:
+        test=f"{DATA}/test.npy",
+    output:
+        plan=f"{RESULTS}/gcg/samples.json",
+    log:
+        "logs/gcg/select_samples.log",
+    priority: 50
+    conda:
+        "../../envs/ilm.yaml"
+    params:
+        data_dir=input_dir("test"),
+        config=config_json("select_gcg_samples"),
+    shell:
+        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config-json {params.config:q} > {log} 2>&1"
+
+
+rule attack_gcg_shard:
     # Shard k of the GCG samples of one variant; finished samples survive a kill in shard{k}.partial.jsonl.
     input:
-        model=f"{RESULTS}/models/{{variant}}",
+        model=model_files(),
         test=f"{DATA}/test.npy",
+        plan=f"{RESULTS}/gcg/samples.json",
     output:
         shard=f"{RESULTS}/gcg/{{variant}}/shard{{shard}}.jsonl",
     log:
@@ -15,21 +34,22 @@ rule gcg_attack:
         mem_mb=16000,
         runtime=1440,
     params:
+        model_dir=model_dir,
         data_dir=input_dir("test"),
-        config=config_json(
-            "data", "model", "gcg", drop=["gcg.iterations", "gcg.examples"]
-        ),
+        config=config_json("attack_gcg_shard"),
     shell:
-        "ilm --threads {threads} gcg-attack --model {input.model} --data-dir {params.data_dir} --shard {wildcards.shard}"
+        "ilm --threads {threads} gcg-attack --model {params.model_dir} --data-dir {params.data_dir} --shard {wildcards.shard}"
         " --out {output.shard} --config-json {params.config:q} > {log} 2>&1"
 
 
-rule gcg_summary:
-    # Merge a variant's shards: per-sample losses and the success rate per iteration budget.
+rule summarise_gcg:
+    # Merge a variant's shards (each complete, one model): per-sample losses and the success rate per budget.
     input:
         shards=expand(
             f"{RESULTS}/gcg/{{{{variant}}}}/shard{{shard}}.jsonl", shard=GCG_SHARDS
         ),
+        plan=f"{RESULTS}/gcg/samples.json",
+        model=model_files(),
     output:
         per_sample=f"{RESULTS}/metrics/{{variant}}/gcg.csv",
         sweep=f"{RESULTS}/metrics/{{variant}}/gcg_sweep.csv",
@@ -38,8 +58,9 @@ rule gcg_summary:
     conda:
         "../../envs/ilm.yaml"
     params:
-        config=config_json("gcg", drop=["gcg.examples"]),
+        model_dir=model_dir,
+        config=config_json("summarise_gcg"),
     shell:
-        "ilm gcg-summary --shards {input.shards} --variant {wildcards.variant}"
-        " --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
+        "ilm gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
+        " --variant {wildcards.variant} --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
         " --config-json {params.config:q} > {log} 2>&1"

@@ -2,7 +2,8 @@
 import json
 import os
 
-from ilm.config import validate_config
+from ilm.config import check_data_stats, stage_slice, validate_config
+from ilm.names import MODEL_FILES
 
 config.update(validate_config(config))
 
@@ -12,29 +13,21 @@ DATA = f"{RESULTS}/data"
 SPLITS = ["train", "validation", "test"]
 GCG_SHARDS = list(range(config["gcg"]["shards"]))
 
+# Checks that need the prepared data run now when results/data is current (else after prepare_data).
+check_data_stats(config, f"{DATA}/stats.json")
+
 
 wildcard_constraints:
     variant="|".join(VARIANTS),
     shard=r"\d+",
 
 
-def config_json(*items, drop=()):
-    """The config a step depends on, as JSON: a change to it reruns that step and what follows.
+def config_json(stage):
+    """The config slice `stage` (named after its rule) reads, as JSON; a change to it reruns that step and what follows.
 
-    An item is a section ("train") or one key ("gcg.examples"); `drop` removes keys that only
-    later steps read, so changing them does not rerun this one.
+    ilm.config.STAGES says which keys each rule reads.
     """
-    sliced = {}
-    for item in items:
-        section, _, key = item.partition(".")
-        if key:
-            sliced.setdefault(section, {})[key] = config[section][key]
-        else:
-            sliced[section] = dict(config[section])
-    for dotted in drop:
-        section, key = dotted.split(".")
-        sliced[section].pop(key, None)
-    return json.dumps(sliced, sort_keys=True)
+    return json.dumps(stage_slice(config, stage), sort_keys=True)
 
 
 def corpus_source():
@@ -45,7 +38,28 @@ def corpus_source():
 
 
 def corpus_input(wildcards):
-    return [corpus_source()] if config["data"]["source"] == "generated" else []
+    """The corpus files prepare_data reads: a local file, every file under a local folder, or none (a hub id)."""
+    source = corpus_source()
+    if config["data"]["source"] == "generated" or os.path.isfile(source):
+        return [source]
+    if os.path.isdir(source):
+        return sorted(
+            os.path.join(root, name)
+            for root, dirs, names in os.walk(source)
+            for name in names
+            if not name.startswith(".")
+        )
+    return []
+
+
+def model_files(variant="{variant}"):
+    """The files of a trained model directory: whole only when every one exists."""
+    return [f"{RESULTS}/models/{variant}/{name}" for name in MODEL_FILES]
+
+
+def model_dir(wildcards, input):
+    """The model directory of a rule's `model` input."""
+    return os.path.dirname(input.model[0])
 
 
 def metric_files(name):

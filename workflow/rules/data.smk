@@ -32,7 +32,7 @@ rule prepare_data:
     params:
         data_dir=lambda wildcards, output: os.path.dirname(output.stats),
         source=corpus_source(),
-        config=config_json("data"),
+        config=config_json("prepare_data"),
     shell:
         "ilm --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
         " --config-json {params.config:q} > {log} 2>&1"

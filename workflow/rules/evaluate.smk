@@ -1,7 +1,7 @@
-rule evaluate:
+rule evaluate_model:
     # Forward quality and inverse accuracy (all three protocols) of one variant on the test split.
     input:
-        model=f"{RESULTS}/models/{{variant}}",
+        model=model_files(),
         test=f"{DATA}/test.npy",
     output:
         forward=f"{RESULTS}/metrics/{{variant}}/forward.json",
@@ -16,9 +16,10 @@ rule evaluate:
         mem_mb=16000,
         runtime=120,
     params:
+        model_dir=model_dir,
         data_dir=input_dir("test"),
-        config=config_json("data", "model", "objective", "evaluate"),
+        config=config_json("evaluate_model"),
     shell:
-        "ilm --threads {threads} evaluate --model {input.model} --data-dir {params.data_dir} --variant {wildcards.variant}"
+        "ilm --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
         " --forward-out {output.forward} --inverse-out {output.inverse}"
         " --config-json {params.config:q} > {log} 2>&1"

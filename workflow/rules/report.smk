@@ -1,4 +1,4 @@
-rule table_forward_quality:
+rule tabulate_forward_quality:
     # Test CE, perplexity and next-token top-k accuracy, one row per variant.
     input:
         metrics=metric_files("forward.json"),
@@ -15,7 +15,7 @@ rule table_forward_quality:
         " --out-stem {params.stem} > {log} 2>&1"
 
 
-rule table_inverse_accuracy:
+rule tabulate_inverse_accuracy:
     # Inverse top-k accuracy under the Identity, Bert-like and Inv-First protocols, one row per variant.
     input:
         metrics=metric_files("inverse.json"),
@@ -32,7 +32,7 @@ rule table_inverse_accuracy:
         " --out-stem {params.stem} > {log} 2>&1"
 
 
-rule table_gcg_summary:
+rule tabulate_gcg_summary:
     # GCG success rate at the final budget, losses split by success and failure, and KL.
     input:
         metrics=metric_files("gcg.csv"),
@@ -44,13 +44,13 @@ rule table_gcg_summary:
         "../../envs/ilm.yaml"
     params:
         stem=output_stem,
-        config=config_json("gcg.iterations", "gcg.steps"),
+        config=config_json("tabulate_gcg_summary"),
     shell:
         "ilm table gcg_summary --inputs {input.metrics}"
         " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
 
 
-rule table_gcg_examples:
+rule tabulate_gcg_examples:
     # The lowest-loss successful attacks of each variant, decoded to text (LaTeX).
     input:
         metrics=metric_files("gcg.csv"),
@@ -63,13 +63,13 @@ rule table_gcg_examples:
         "../../envs/ilm.yaml"
     params:
         stem=output_stem,
-        config=config_json("gcg.examples"),
+        config=config_json("tabulate_gcg_examples"),
     shell:
         "ilm table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
         " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
 
 
-rule figure_gcg_success_rate:
+rule plot_gcg_success_rate:
     # Figure 4: GCG success rate against the iteration budget, one line per variant.
     input:
         sweeps=metric_files("gcg_sweep.csv"),
@@ -86,7 +86,7 @@ rule figure_gcg_success_rate:
         "../../envs/ilm.yaml"
     params:
         stem=output_stem,
-        config=config_json("gcg.iterations", "gcg.steps"),
+        config=config_json("plot_gcg_success_rate"),
     shell:
         "ilm figure gcg_success_rate --inputs {input.sweeps}"
         " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"

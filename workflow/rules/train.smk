@@ -1,10 +1,10 @@
-rule train:
+rule train_model:
     # One variant trained from scratch; resume state lives in results/checkpoints/ (not an output).
     input:
         splits=expand(f"{DATA}/{{split}}.npy", split=SPLITS),
         tokenizer=f"{DATA}/tokenizer.json",
     output:
-        model=directory(f"{RESULTS}/models/{{variant}}"),
+        model=model_files(),
     log:
         "logs/train/{variant}.log",
     conda:
@@ -16,8 +16,9 @@ rule train:
         runtime=1440,
     params:
         data_dir=input_dir("tokenizer"),
+        model_dir=lambda wildcards, output: os.path.dirname(output.model[0]),
         checkpoints=f"{RESULTS}/checkpoints/{{variant}}",
-        config=config_json("data", "model", "objective", "train"),
+        config=config_json("train_model"),
     shell:
-        "ilm --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {output.model}"
+        "ilm --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {params.model_dir}"
         " --checkpoint-dir {params.checkpoints} --config-json {params.config:q} > {log} 2>&1"

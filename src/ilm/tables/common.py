@@ -1,24 +1,15 @@
-"""Write one table three ways: CSV (data), Markdown (reading) and LaTeX (the paper)."""
+"""What every table shares: reading metric files, and writing one table as CSV, Markdown and LaTeX."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 
+from ilm.gcg_summary import ID_COLUMNS
 from ilm.io import write_text
-
-# Paper names of the variants (method-spec §1.1); the `_grad` ablations project the gradient alone.
-VARIANT_NAMES = {
-    "base": "Baseline",
-    "identity": "Identity",
-    "bert_like": "Bert-like",
-    "inv_first": "Inv-First",
-    "identity_grad": "Identity (grad only)",
-    "bert_like_grad": "Bert-like (grad only)",
-    "inv_first_grad": "Inv-First (grad only)",
-}
 
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}",
@@ -39,8 +30,35 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
 
 
-def variant_name(variant: str) -> str:
-    return VARIANT_NAMES.get(variant, variant)
+def variant_of(metric_file: Path) -> str:
+    """Metric files live at results/metrics/{variant}/<name>."""
+    return Path(metric_file).parent.name
+
+
+def read_json_by_variant(paths: Sequence[Path]) -> dict[str, dict]:
+    """{variant: contents} of one JSON metric file per variant."""
+    out = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"metric file {path} does not exist; run `ilm evaluate` for that variant first")
+        out[variant_of(path)] = json.loads(path.read_text())
+    return out
+
+
+def read_csvs(paths: Sequence[Path], what: str) -> pd.DataFrame:
+    """The per-variant GCG CSV files concatenated (token ids kept as strings)."""
+    frames = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{what} {path} does not exist; run `ilm gcg-summary` for that variant first")
+        frames.append(
+            pd.read_csv(path, dtype={c: str for c in ID_COLUMNS}, keep_default_na=False, na_values=["", "nan", "NaN"])
+        )
+    if not frames:
+        raise ValueError(f"no {what} given")
+    return pd.concat(frames, ignore_index=True)
 
 
 def _fmt(value, digits: int) -> str:
@@ -78,19 +96,9 @@ def write_table(
     digits: int = 4,
     caption: Optional[str] = None,
     label: Optional[str] = None,
-    formats: Sequence[str] = ("csv", "md", "tex"),
 ) -> None:
-    """Write `stem.csv`, `stem.md` and `stem.tex`, each atomically."""
+    """Write `stem.csv` (full precision), `stem.md` and `stem.tex` (rounded to `digits`), each atomically."""
     stem = Path(stem)
-    if "csv" in formats:
-        write_text(stem.with_suffix(".csv"), df.to_csv(index=False))
-    if "md" in formats:
-        write_text(stem.with_suffix(".md"), to_markdown(df, digits))
-    if "tex" in formats:
-        write_text(stem.with_suffix(".tex"), to_latex(df, digits, caption, label))
-
-
-def order_variants(rows: Mapping[str, object]) -> list[str]:
-    """Variants in the paper's order, unknown names last (alphabetically)."""
-    known = [v for v in VARIANT_NAMES if v in rows]
-    return known + sorted(v for v in rows if v not in VARIANT_NAMES)
+    write_text(stem.with_suffix(".csv"), df.to_csv(index=False))
+    write_text(stem.with_suffix(".md"), to_markdown(df, digits))
+    write_text(stem.with_suffix(".tex"), to_latex(df, digits, caption, label))

@@ -1,0 +1,186 @@
+"""Every table and figure, built from hand-made metric files: each cell against the numbers it comes from."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from ilm.cli import main
+from ilm.config import validate_config
+from ilm.figures.gcg_success_rate import draw
+from ilm.gcg_summary import summarise_shards
+from ilm.names import SPECIAL_TOKENS
+from ilm.tables import gcg_examples, gcg_summary, inverse_accuracy, make_table
+from ilm.tables.common import to_latex, to_markdown
+
+STEPS = 4
+
+
+def config(**gcg) -> dict:
+    return validate_config({"gcg": {**dict(prefix_length=2, target_length=2, steps=STEPS, iterations=[1, 2, 4],
+                                           examples=2), **gcg}})
+
+
+def write_eval_metrics(root: Path, variant: str, ce: float, acc: float) -> Path:
+    """forward.json and inverse.json of one variant; the three protocols get distinct numbers."""
+    d = root / "metrics" / variant
+    d.mkdir(parents=True)
+    (d / "forward.json").write_text(json.dumps({"ce": ce, "perplexity": math.exp(ce), "top1": acc, "top3": acc + 0.1,
+                                                "top5": acc + 0.2, "tokens": 1000, "meta": {}}))
+    inverse = {p: {"top1": acc / (i + 2), "top3": acc / (i + 2) + 0.1, "top5": acc / (i + 2) + 0.2, "ce": 3.0 + i,
+                   "rows": 10} for i, p in enumerate(("identity", "bert_like", "inv_first"))}
+    (d / "inverse.json").write_text(json.dumps({**inverse, "meta": {}}))
+    return d
+
+
+def test_forward_table_cells_are_the_metrics_in_paper_order(tmp_path):
+    """Rows follow the paper's order and names; CE, PPL and tokens are copied, accuracies become percentages."""
+    files = [write_eval_metrics(tmp_path, v, ce, acc) / "forward.json"
+             for v, ce, acc in [("inv_first", 2.0, 0.5), ("base", 1.5, 0.3), ("identity", 1.7, 0.4)]]
+    main(["table", "forward_quality", "--inputs", *map(str, files), "--out-stem", str(tmp_path / "t" / "fq")])
+    df = pd.read_csv(tmp_path / "t" / "fq.csv")
+    assert list(df["Model"]) == ["Baseline", "Identity", "Inv-First"]
+    assert df["CE"].tolist() == pytest.approx([1.5, 1.7, 2.0])
+    assert df["PPL"].tolist() == pytest.approx([math.exp(1.5), math.exp(1.7), math.exp(2.0)])
+    assert df["Top-1 (%)"].tolist() == pytest.approx([30.0, 40.0, 50.0])
+    assert df["Top-5 (%)"].tolist() == pytest.approx([50.0, 60.0, 70.0])
+    assert df["Tokens"].tolist() == [1000] * 3
+    md = (tmp_path / "t" / "fq.md").read_text().splitlines()
+    assert len(md) == 2 + 3 and md[2].startswith("| Baseline | 1.500 | 4.482 | 30.000 |")
+    tex = (tmp_path / "t" / "fq.tex").read_text()
+    assert r"Model & CE & PPL & Top-1 (\%) & Top-3 (\%) & Top-5 (\%) & Tokens \\" in tex
+    assert r"Inv-First & 2.000 & 7.389 & 50.000 & 60.000 & 70.000 & 1000 \\" in tex
+
+
+def test_inverse_table_cells_follow_each_protocol(tmp_path):
+    """Each row holds top-k accuracy (%) under every protocol, each from its own protocol's metrics."""
+    files = [write_eval_metrics(tmp_path, v, 1.0, a) / "inverse.json" for v, a in [("bert_like", 0.6), ("base", 0.4)]]
+    df = inverse_accuracy.build(files)
+    assert list(df["Model"]) == ["Baseline", "Bert-like"]
+    for i, protocol in enumerate(["Identity", "Bert-like", "Inv-First"]):
+        assert df[f"{protocol} top-1 (%)"].tolist() == pytest.approx([40.0 / (i + 2), 60.0 / (i + 2)])
+        assert df[f"{protocol} top-5 (%)"].tolist() == pytest.approx([40.0 / (i + 2) + 20, 60.0 / (i + 2) + 20])
+
+
+def test_latex_escapes_headers_captions_and_cells():
+    """Column names, the caption and cells are LaTeX-escaped; Markdown keeps them as they are."""
+    df = pd.DataFrame({"Model": ["a_b & c"], "Success (%)": [12.5], "Loss #1": [0.25]})
+    tex = to_latex(df, digits=1, caption="50% of x_y", label="tab:x")
+    assert r"Model & Success (\%) & Loss \#1 \\" in tex
+    assert r"a\_b \& c & 12.5 & 0.2 \\" in tex  # 0.25 rounds half to even
+    assert r"\caption{50\% of x\_y}" in tex and r"\label{tab:x}" in tex
+    assert "| a_b & c | 12.5 | 0.2 |" in to_markdown(df, digits=1)
+
+
+def gcg_record(sample: int, orig: float, trajectory: list[float], best_step: int, kl: float = 0.5, **ids) -> dict:
+    return {"sample": sample, "model_sha256": "a" * 64, "prefix_ids": [6, 7], "target_ids": [8, 9],
+            "attack_ids": [10, 11], "orig_loss": orig, "attack_loss": trajectory[-1], "best_step": best_step,
+            "trajectory": trajectory, "kl": kl, "seconds": 1.0, **ids}
+
+
+RECORDS = [
+    gcg_record(0, 2.0, [3.0, 1.9, 1.8, 1.5], 3, kl=1.0),
+    gcg_record(1, 1.0, [4.0, 3.0, 2.0, 1.5], 3, kl=0.2),
+    gcg_record(2, 3.0, [2.5, 2.5, 2.5, 2.5], 0, kl=2.0),
+    gcg_record(3, 2.0, [2.5, 2.0, 2.0, 2.0], 1, kl=0.4),
+]
+
+
+def summarise(tmp_path: Path, variant: str, records: list[dict]) -> tuple[Path, Path]:
+    folder = tmp_path / "gcg" / variant
+    folder.mkdir(parents=True)
+    shard = folder / "shard0.jsonl"
+    shard.write_text("".join(json.dumps(r) + "\n" for r in records))
+    per_sample, sweep = tmp_path / "metrics" / variant / "gcg.csv", tmp_path / "metrics" / variant / "gcg_sweep.csv"
+    summarise_shards([shard], variant, per_sample, sweep, config())
+    return per_sample, sweep
+
+
+def test_gcg_summary_table_against_the_records(tmp_path):
+    """Success, its interval, and subset means of losses and KL equal sums over the hand-made records."""
+    base = summarise(tmp_path, "base", RECORDS)[0]
+    bert = summarise(tmp_path, "bert_like", [gcg_record(i, 0.1, [1.0] * STEPS, 0) for i in range(3)])[0]
+    stem = tmp_path / "tables" / "gcg_summary"
+    make_table("gcg_summary", [bert, base], stem, config())
+    table = pd.read_csv(stem.with_suffix(".csv"))
+    assert table["Model"].tolist() == ["Baseline", "Bert-like"]
+    row = table.iloc[0]  # successes: samples 0, 2, 3 (3 of 4); failure: sample 1
+    assert row["Samples"] == 4 and row["Success (%)"] == pytest.approx(75.0)
+    assert (row["Success 95% low"], row["Success 95% high"]) == pytest.approx((30.06, 95.44), abs=0.01)
+    assert row["Orig. loss"] == pytest.approx((2.0 + 1.0 + 3.0 + 2.0) / 4)
+    assert row["Attack loss"] == pytest.approx((1.5 + 1.5 + 2.5 + 2.0) / 4)
+    assert row["Attack loss succ."] == pytest.approx((1.5 + 2.5 + 2.0) / 3)
+    assert row["Delta loss succ."] == pytest.approx((0.5 + 0.5 + 0.0) / 3)
+    assert row["Delta loss fail"] == pytest.approx(-0.5)
+    assert row["KL"] == pytest.approx((1.0 + 0.2 + 2.0 + 0.4) / 4)
+    assert row["KL succ."] == pytest.approx((1.0 + 2.0 + 0.4) / 3) and row["KL fail"] == pytest.approx(0.2)
+    assert math.isnan(table.iloc[1]["Attack loss succ."]) and table.iloc[1]["Success (%)"] == 0.0
+    assert table.iloc[1]["Success 95% low"] == pytest.approx(0.0, abs=1e-9)
+    tex = stem.with_suffix(".tex").read_text()
+    assert r"Success (\%)" in tex and r"Success 95\% low" in tex and "after 4 iterations" in tex
+    assert list(gcg_summary.build(pd.read_csv(base)).columns) == list(table.columns)
+
+
+def word_tokenizer(path: Path) -> Path:
+    """A word-level tokenizer whose words need LaTeX escaping."""
+    words = list(SPECIAL_TOKENS) + ["a_b", "&", "50%", "cat", "dog", "runs", "far"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+    return path
+
+
+def test_examples_table_decodes_escapes_and_ranks(tmp_path):
+    """Examples are decoded, LaTeX-escaped, the lowest-loss successes, with a note for a variant without success."""
+    tok = word_tokenizer(tmp_path / "tokenizer.json")
+    records = [
+        gcg_record(0, 2.0, [1.0] * STEPS, 0, prefix_ids=[6, 7, 8], attack_ids=[1, 9, 6], target_ids=[10, 11]),
+        gcg_record(1, 2.0, [0.5] * STEPS, 0, prefix_ids=[9, 10], attack_ids=[11, 12], target_ids=[6, 8]),
+        gcg_record(2, 2.0, [1.5] * STEPS, 0, prefix_ids=[9, 9], attack_ids=[9, 9], target_ids=[9, 9]),
+        gcg_record(3, 0.1, [3.0] * STEPS, 0),
+    ]
+    base = summarise(tmp_path, "base", records)[0]
+    failing = summarise(tmp_path, "inv_first", [gcg_record(0, 0.1, [1.0] * STEPS, 0)])[0]
+    stem = tmp_path / "tables" / "gcg_examples"
+    gcg_examples.write([failing, base], stem, config(), tokenizer=tok)
+    tex = stem.with_suffix(".tex").read_text()
+    assert not stem.with_suffix(".csv").exists()
+    assert r"a\_b \& 50\%" in tex and "a_b" not in tex
+    assert r"\textless{}s\textgreater{} cat a\_b" in tex  # attack of sample 0, special token visible
+    # examples=2: samples 1 (0.5) then 0 (1.0); sample 2 (1.5) is left out.
+    assert tex.index(r"\textbf{0.500}") < tex.index(r"\textbf{1.000}") and r"\textbf{1.500}" not in tex
+    assert tex.index("Baseline") < tex.index("Inv-First")
+    assert "No successful attack among 1 samples" in tex
+    assert tex.count(r"\begin{tabular}") == 1 and r"\toprule" in tex
+    assert tex.count("{") == tex.count("}")  # braces balance: the file compiles as far as grouping goes
+
+
+def test_figure_has_one_line_and_band_per_variant(tmp_path):
+    """Figure 4: PDF and PNG, one line per variant (paper names, sample counts) at the sweep's rates, with CI bands."""
+    sweeps = [summarise(tmp_path, v, RECORDS)[1] for v in ("identity", "base")]
+    fig = draw(sweeps, tmp_path / "figures" / "gcg_success_rate", config())
+    assert (tmp_path / "figures" / "gcg_success_rate.pdf").stat().st_size > 0
+    assert (tmp_path / "figures" / "gcg_success_rate.png").stat().st_size > 0
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["Baseline (n=4)", "Identity (n=4)"]  # paper order
+    assert ax.lines[0].get_linestyle() != ax.lines[1].get_linestyle()
+    assert ax.lines[0].get_marker() != ax.lines[1].get_marker()
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([25.0, 75.0, 75.0])
+    assert len(ax.collections) == 2  # one 95 % band per variant
+
+
+def test_missing_metric_file_and_unknown_table_are_clear_errors(tmp_path, capsys):
+    """The CLI reports a missing metric file or an unknown table name and exits with status 2."""
+    assert main(["table", "forward_quality", "--inputs", str(tmp_path / "x" / "forward.json"),
+                 "--out-stem", str(tmp_path / "fq")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["table", "nope", "--inputs", str(tmp_path), "--out-stem", str(tmp_path / "fq")]) == 2
+    assert "unknown table 'nope'" in capsys.readouterr().err
+    assert main(["figure", "nope", "--inputs", str(tmp_path), "--out-stem", str(tmp_path / "fq")]) == 2
+    assert "unknown figure 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "fq.csv").exists()
