@@ -348,6 +348,8 @@ def test_output_directory_contents(tmp_path):
     assert run_config["steps"] == 3
     assert run_config["parameters"] == sum(p.numel() for p in _model().parameters())
     assert set(run_config["inputs_sha256"]) == {"train.npy", "validation.npy"}
+    assert run_config["numerics"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert run_config["numerics"]["threads"] == torch.get_num_threads() and run_config["numerics"]["device"] == "cpu"
     assert run_config["config"]["model"]["hidden_size"] == 16
     assert "torch" in run_config and "git_commit" in run_config
     model = load_model(out)

@@ -319,6 +319,7 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
                 model_sha256=fingerprint,
                 shard=shard,
                 samples=[int(s) for s in mine],
+                numerics=_numerics(gcfg.device),
             ),
         )
         done = {int(r["sample"]) for r in records}
@@ -330,6 +331,12 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
         _attack_batches(fd, todo, windows, model_dir, fingerprint, gcfg, gcg, shard, len(done), len(mine))
         os.replace(partial, out)  # still under the lock: no other writer can have appended
     log.info("shard %d complete: %s", shard, out)
+
+
+def _numerics(device_name: str) -> dict:
+    from ilm.model import numerics, resolve_device
+
+    return numerics(resolve_device(device_name))
 
 
 def _attack_batches(

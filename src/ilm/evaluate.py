@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ilm.config import ConfigSection
 from ilm.data import load_split
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json
-from ilm.model import load_model, resolve_device
+from ilm.model import load_model, numerics, resolve_device
 from ilm.names import PROTOCOLS, parse_variant
 from ilm.objectives import ObjectiveConfig, inverse_logits, topk_correct
 
@@ -169,6 +169,7 @@ def evaluate(
         model_dir=str(model_dir),
         data_dir=str(data_dir),
         sequences=int(windows.shape[0]),
+        numerics=numerics(device),
     )
     write_json(forward_out, {**forward, "meta": meta})
     write_json(inverse_out, {**inverse, "meta": meta})

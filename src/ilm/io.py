@@ -159,7 +159,7 @@ def model_fingerprint(model_dir: Path | str) -> str:
     """SHA-256 over a model directory's config.json and weights: which model produced a result."""
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
-    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]
+    files = [model_dir / "config.json", model_dir / "model.safetensors"]
     for file in files:
         if not file.is_file():
             raise ValueError(f"{file} does not exist: {model_dir} is not a complete model directory")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Mapping
 
@@ -62,3 +63,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+# Environment variables that pin the CPU kernels' code paths (README "Reproducibility").
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+
+
+def numerics(device: torch.device) -> dict:
+    """What decides the floating-point path of a run: device, CPU kernel dispatch level, threads, pinning env.
+
+    Fused softmax/log_softmax reduce in SIMD registers whose width follows the dispatch level
+    (AVX2 vs AVX-512), so results agree bitwise only where these agree.
+    """
+    out = {
+        "device": str(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "env": {name: os.environ[name] for name in NUMERICS_ENV if name in os.environ},
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out

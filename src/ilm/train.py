@@ -38,7 +38,7 @@ from ilm import faults
 from ilm.config import ConfigSection
 from ilm.data import TOKENIZER_FILE, load_split, read_tokenizer
 from ilm.io import atomic_path, fingerprints, provenance
-from ilm.model import build_model, count_parameters, resolve_device
+from ilm.model import build_model, count_parameters, numerics, resolve_device
 from ilm.names import parse_variant
 from ilm.objectives import ObjectiveConfig, compute_objective
 
@@ -618,5 +618,6 @@ def train(
             "steps_per_epoch": schedule.steps_per_epoch,
             "batch_size": schedule.batch,
             "parameters": n_params,
+            "numerics": numerics(device),
         },
     )
