@@ -15,7 +15,7 @@ from ilm.config import validate_config
 from ilm.figures.gcg_success_rate import draw
 from ilm.gcg_summary import summarise_shards
 from ilm.names import SPECIAL_TOKENS
-from ilm.tables import gcg_examples, gcg_summary, inverse_accuracy, make_table
+from ilm.tables import gcg_examples, gcg_summary, inverse_accuracy, table_module
 from ilm.tables.common import to_latex, to_markdown
 
 STEPS = 4
@@ -106,7 +106,7 @@ def test_gcg_summary_table_against_the_records(tmp_path):
     base = summarise(tmp_path, "base", RECORDS)[0]
     bert = summarise(tmp_path, "bert_like", [gcg_record(i, 0.1, [1.0] * STEPS, 0) for i in range(3)])[0]
     stem = tmp_path / "tables" / "gcg_summary"
-    make_table("gcg_summary", [bert, base], stem, config())
+    table_module("gcg_summary").write([bert, base], stem, config())
     table = pd.read_csv(stem.with_suffix(".csv"))
     assert table["Model"].tolist() == ["Baseline", "Bert-like"]
     row = table.iloc[0]  # successes: samples 0, 2, 3 (3 of 4); failure: sample 1

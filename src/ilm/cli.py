@@ -128,21 +128,17 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from ilm.tables import TABLES, make_table
+    from ilm.tables import table_module
 
-    if args.name not in TABLES:
-        raise ValueError(f"unknown table {args.name!r}; choose one of: {', '.join(TABLES)}")
-    cfg = _config(args, f"tabulate_{args.name}")
-    make_table(args.name, args.inputs, args.out_stem, config=cfg, tokenizer=args.tokenizer)
+    module = table_module(args.name)  # an unknown name fails before the config is read
+    module.write(args.inputs, args.out_stem, _config(args, f"tabulate_{args.name}"), tokenizer=args.tokenizer)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from ilm.figures import FIGURES, make_figure
+    from ilm.figures import figure_module
 
-    if args.name not in FIGURES:
-        raise ValueError(f"unknown figure {args.name!r}; choose one of: {', '.join(FIGURES)}")
-    cfg = _config(args, f"plot_{args.name}")
-    make_figure(args.name, args.inputs, args.out_stem, config=cfg)
+    module = figure_module(args.name)  # an unknown name fails before the config is read
+    module.draw(args.inputs, args.out_stem, _config(args, f"plot_{args.name}"))
 
 
 def build_parser() -> argparse.ArgumentParser:
