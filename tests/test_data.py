@@ -128,14 +128,29 @@ def test_tokenizer_special_ids_and_transformers_loading(tiny_data_dir: Path) -> 
     assert load_tokenizer(tiny_data_dir / "tokenizer.json").get_vocab() == tok.get_vocab()
 
 
+def test_data_folder_loads_with_autotokenizer(tiny_data_dir: Path) -> None:
+    """AutoTokenizer.from_pretrained(data dir) knows the special tokens, the window, and can pad a batch."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_data_dir)
+    assert (tok.unk_token, tok.bos_token, tok.eos_token, tok.pad_token, tok.mask_token) == SPECIAL_TOKENS[:5]
+    assert tok.model_max_length == 32  # data.window of the tiny data
+    batch = tok(["Once upon a time", "Tom"], padding=True)["input_ids"]
+    assert batch[1][-1] == 3 and len(batch[0]) == len(batch[1])  # padded with <pad> (id 3)
+    assert batch[0] == load_tokenizer(tiny_data_dir)("Once upon a time")["input_ids"]
+
+
 def test_decode_encode_round_trip_on_held_out_text(tiny_data_dir: Path) -> None:
-    """decode(ids) re-encodes to the same ids and gives back the text, on stories not used for training."""
+    """decode(ids) re-encodes to the same ids and gives back the text (after the first token's space), on held-out
+    stories; a continuation decodes with its leading space, so prompt + continuation reads as the whole."""
     tok = load_tokenizer(tiny_data_dir)
     for story in generate_stories(5, seed=99):
         ids = tok.encode(story, add_special_tokens=False)
         text = tok.decode(ids)
-        assert text == story
+        assert text == " " + story
         assert tok.encode(text, add_special_tokens=False) == ids
+        cut = len(ids) // 2
+        assert tok.decode(ids[:cut]) + tok.decode(ids[cut:]) == text
 
 
 def test_load_tokenizer_missing(tmp_path: Path) -> None:
@@ -376,7 +391,7 @@ def test_cli_prepare_data(tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = json.dumps({"data": {"vocab_size": 256, "window": 32, "stride": 24}})
     assert cli_main(["prepare-data", "--source", str(tiny_corpus), "--out-dir", str(out), "--config-json", cfg]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["stats.json", "test.npy", "tokenizer.json", "train.npy", "validation.npy"]
+    assert written == ["stats.json", "test.npy", "tokenizer.json", "tokenizer_config.json", "train.npy", "validation.npy"]
     assert cli_main(["prepare-data", "--source", str(tmp_path / "none.txt"), "--out-dir", str(tmp_path / "x"),
                      "--config-json", cfg]) == 2
 

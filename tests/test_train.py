@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from ilm.objectives import ObjectiveConfig
 from ilm.train import (
     LOG_COLUMNS,
     STALE_DIR_NAME,
-    WarmupLinearDecay,
     accumulate_batch_gradients,
     configure_matmul_precision,
     epoch_order,
@@ -236,28 +236,21 @@ def test_one_step_with_micro_batches_equals_one_full_batch_step(tmp_path):
     assert moved > 0.5 * lr, "the step must move the weights"
 
 
-def test_schedule_warms_up_then_decays_linearly_to_zero():
-    """LR multiplier: 0 -> 1 over the warm-up, then linear to 0 at the last step."""
-    schedule = WarmupLinearDecay(warmup_steps=10, total_steps=110)
-    assert schedule(0) == 0.0
-    assert schedule(5) == pytest.approx(0.5)
-    assert schedule(10) == pytest.approx(1.0)
-    assert schedule(60) == pytest.approx(0.5)
-    assert schedule(110) == 0.0
-    assert schedule(200) == 0.0
-    assert WarmupLinearDecay(0, 4)(0) == 1.0
+def schedule(step: int, warmup: int, total: int) -> float:
+    """The paper's LR multiplier by hand: step/warmup, then linear to 0 at `total` (docs/method.md §2.2)."""
+    return step / warmup if step < warmup else max(0.0, (total - step) / (total - warmup))
 
 
 def test_logged_learning_rate_follows_the_schedule(tmp_path):
-    """train_log.csv's lr at step s is lr x WarmupLinearDecay(s - 1) (the lr that step used)."""
+    """train_log.csv's lr at step s is lr x the multiplier at s - 1 (the lr that step used): warm-up, then decay to 0."""
     data = write_data(tmp_path / "data")
     cfg = tiny_config({"warmup_steps": 3, "lr": 0.02})
     train(data, tmp_path / "out", tmp_path / "ckpt", "base", cfg)
-    schedule = WarmupLinearDecay(3, 8)
     rows = read_log(tmp_path / "out")
     assert len(rows) == 8
-    for row in rows:
-        assert float(row["lr"]) == pytest.approx(0.02 * schedule(int(row["step"]) - 1), abs=1e-12)
+    lrs = [float(row["lr"]) for row in rows]
+    assert lrs == pytest.approx([0.02 * schedule(s, 3, 8) for s in range(8)], abs=1e-12)
+    assert lrs[0] == 0.0 and lrs[3] == pytest.approx(0.02) and lrs[-1] == pytest.approx(0.02 / 5)
 
 
 def test_loss_decreases_on_a_learnable_sequence(tmp_path):
@@ -354,6 +347,10 @@ def test_output_directory_contents(tmp_path):
     assert "torch" in run_config and "git_commit" in run_config
     model = load_model(out)
     assert model.config.vocab_size == VOCAB
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json", "run_config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, f"{name} must be readable as the umask allows"
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "no temporary sibling left behind"
 
 
@@ -422,3 +419,27 @@ def test_bad_input_raises_a_clear_error_and_writes_nothing(tmp_path, case, messa
         train(data, tmp_path / "out", tmp_path / "ckpt", variant, cfg)
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "ckpt" / "last.pt").exists()
+
+
+def test_model_folder_loads_with_transformers_as_it_is(tiny_data_dir, tmp_path):
+    """AutoTokenizer, AutoModelForCausalLM and pipeline("text-generation") load the folder with no extra step,
+    and the pipeline's text is the prompt followed by the decoded continuation (no lost space)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    cfg = tiny_config({"max_steps": 2}, data={"vocab_size": 256, "window": 32, "stride": 24},
+                      model={"vocab_size": 256})
+    out = tmp_path / "model"
+    train(tiny_data_dir, out, tmp_path / "ckpt", "inv_first", cfg)
+    assert {"tokenizer.json", "tokenizer_config.json", "README.md"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    tok = AutoTokenizer.from_pretrained(out)
+    assert (tok.bos_token, tok.pad_token, tok.model_max_length) == ("<s>", "<pad>", 32)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    prompt = "Once upon a time there was a little"
+    text = pipeline("text-generation", model=str(out))(prompt, max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    prompt_ids = tok(prompt, return_tensors="pt")["input_ids"]
+    generated = model.generate(prompt_ids, max_new_tokens=6, do_sample=False)[0]
+    assert text == prompt + tok.decode(generated[prompt_ids.shape[1]:])
+    assert tok.decode(generated).strip() == text  # the whole decoded sequence reads the same
+    card = (out / "README.md").read_text()
+    assert "Inv-First" in card and "pipeline(\"text-generation\"" in card and "step 2" in card

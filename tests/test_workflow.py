@@ -1,5 +1,6 @@
 """The Snakemake workflow as users run it: dry runs, lint, early config errors, and a whole smoke run."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -78,10 +79,26 @@ def test_nested_config_overrides_are_validated_before_any_job(tmp_path, override
 
 
 def test_valid_nested_config_override_is_accepted(tmp_path):
-    """`--config 'train={lr: 0.001}'` (strings from Snakemake's parser) plans the run; it was refused before."""
+    """`--config 'train={lr: 0.001}'` (strings from Snakemake's parser) plans the run with the typed values;
+    each shell line passes its config slice as one short file path."""
     proc = run_snakemake(tmp_path, "-n", "-p", "--config", "train={lr: 0.001, max_steps: 10}", configfiles=())
     assert _job_counts(proc.stdout)["train_model"] == 4
-    assert '"lr": 0.001, "max_steps": 10,' in proc.stdout  # typed in the slice `ilm train` receives
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("Shell command:")]
+    assert commands and not [line for line in commands if "{" in line]  # no JSON on any command line
+    assert max(len(line) for line in commands if " train " in line) < 300  # was about 1.4 kB
+    (train_config,) = set(re.findall(r"train --.* --config (\S+train_model-\w+\.json)", proc.stdout))
+    sliced = json.loads((tmp_path / train_config).read_text())
+    assert sliced["train"]["lr"] == 0.001 and sliced["train"]["max_steps"] == 10
+    assert set(sliced) == {"data", "model", "objective", "train"}
+
+
+@pytest.mark.parametrize("command", ["--rulegraph", "--dag", "--summary", "--unlock"])
+def test_inspection_commands_need_no_cores(tmp_path, command):
+    """Snakemake's inspection commands run bare, without --cores (no rule sizes its threads from the core count)."""
+    proc = run_snakemake(tmp_path, command, configfiles=())
+    assert "requires a total number of cores" not in proc.stdout + proc.stderr
+    if command == "--rulegraph":
+        assert "digraph snakemake_dag" in proc.stdout and "train_model" in proc.stdout
 
 
 def test_lint_and_format_are_clean():

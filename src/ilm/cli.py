@@ -1,8 +1,9 @@
 """`ilm <command>`: the thin entry points that Snakemake rules call; each also runs on its own.
 
-Commands that depend on settings take `--config FILE` (a full or partial config.yaml) and/or
-`--config-json TEXT` (the slice a rule passes through `params:`); both are merged, then
-validated against the schema, so defaults fill whatever is absent.
+Commands that depend on settings take `--config FILE` (a full or partial config.yaml, or the
+JSON slice file a rule passes) and/or `--config-json TEXT` (overrides as JSON); both are
+merged, then validated against the schema as the command's stage reads them, so defaults
+fill whatever is absent.
 """
 
 from __future__ import annotations

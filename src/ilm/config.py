@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 from functools import lru_cache
@@ -107,6 +108,23 @@ def stage_slice(config: Mapping, stage: str) -> dict:
         else:
             sliced[section] = copy.deepcopy(config[section])
     return sliced
+
+
+def write_stage_config(config: Mapping, stage: str, directory: Path | str) -> Path:
+    """Write `stage`'s config slice to directory/<stage>-<content hash>.json (once) and return the path.
+
+    The name changes exactly when the slice does, so a rule that passes this path as a param is
+    rerun by Snakemake when, and only when, a setting it reads changes, while its shell line and
+    Snakemake's "params have changed" message stay one short path long.
+    """
+    from ilm.io import write_text
+
+    text = json.dumps(stage_slice(config, stage), sort_keys=True, indent=1) + "\n"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(directory) / f"{stage}-{digest}.json"
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+    return path
 
 
 # --- validation -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ that become the .npy outputs; only per-story and per-window indices live in memo
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
-from ilm.io import fingerprints, provenance, remove_path, temp_sibling, write_json
+from ilm.io import fingerprints, provenance, remove_path, settle, temp_sibling, write_json
 from ilm.names import EOT_MARKER, SPECIAL_TOKENS
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ SPLITS = ("train", "validation", "test")
 # The paper cut its shuffled windows as train, test, validation (docs/method.md §3.3 step 5).
 CUT_ORDER = ("train", "test", "validation")
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)  # what AutoTokenizer.from_pretrained reads
 STATS_FILE = "stats.json"
 # Rows of an HF dataset, or bytes of a text file, inspected by story_separator "auto".
 AUTO_DETECT_ROWS = 1000
@@ -205,10 +208,16 @@ def open_source(source: str, data_cfg: dict) -> StorySource:
 
 
 def new_tokenizer() -> Tokenizer:
-    """An untrained BPE tokenizer as docs/method.md §3.2, plus the Metaspace decoder of §9.2.1."""
+    """An untrained BPE tokenizer as docs/method.md §3.2, plus the Metaspace decoder of §9.2.1.
+
+    The decoder keeps every token's leading space (prepend_scheme "never"): a decoded text
+    starts with one space, and a decoded continuation ("▁little" -> " little") joins its prompt
+    as transformers' text-generation pipeline joins them. Re-encoding a decoded text gives the
+    same ids, since the pre-tokenizer's prepended "▁" replaces that first space.
+    """
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[0]))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="never")
     return tokenizer
 
 
@@ -274,19 +283,44 @@ def _check_vocabulary(tokenizer: Tokenizer, tally: _CorpusTally, vocab_size: int
         assert tokenizer.token_to_id(token) == expected_id, (token, tokenizer.token_to_id(token))
 
 
-def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
-    """The trained tokenizer as a transformers tokenizer; `path` is the data dir or its tokenizer.json."""
+def load_tokenizer(path: Path, model_max_length: Optional[int] = None) -> "PreTrainedTokenizerFast":
+    """The trained tokenizer as a transformers tokenizer with its special tokens declared.
+
+    `path` is the data dir or its tokenizer.json; `model_max_length` is the window, when known.
+    """
+    return hf_tokenizer(read_tokenizer(path), model_max_length)
+
+
+def hf_tokenizer(tokenizer: Tokenizer, model_max_length: Optional[int] = None) -> "PreTrainedTokenizerFast":
+    """A trained `tokenizers.Tokenizer` wrapped for transformers, its special tokens declared."""
     from transformers import PreTrainedTokenizerFast
 
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
     return PreTrainedTokenizerFast(
-        tokenizer_object=read_tokenizer(path),
+        tokenizer_object=tokenizer,
         unk_token=SPECIAL_TOKENS[0],
         bos_token=SPECIAL_TOKENS[1],
         eos_token=SPECIAL_TOKENS[2],
         pad_token=SPECIAL_TOKENS[3],
         mask_token=SPECIAL_TOKENS[4],
         additional_special_tokens=[SPECIAL_TOKENS[5]],
+        **extra,
     )
+
+
+def save_hf_tokenizer(tokenizer: "PreTrainedTokenizerFast", directory: Path) -> None:
+    """tokenizer.json and tokenizer_config.json, so AutoTokenizer.from_pretrained(directory) knows the specials.
+
+    The config names PreTrainedTokenizerFast, which transformers 4 and 5 both load.
+    """
+    tokenizer.save_pretrained(directory)
+    config_path = Path(directory) / TOKENIZER_CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    for name in os.listdir(directory):  # anything else save_pretrained may add (e.g. special_tokens_map.json)
+        if name not in TOKENIZER_FILES and name.startswith(("special_tokens", "added_tokens")):
+            (Path(directory) / name).unlink()
 
 
 def read_tokenizer(path: Path) -> Tokenizer:
@@ -373,13 +407,11 @@ class _WindowSink:
 
 def _write_rows(out: Path, source: np.ndarray, rows: np.ndarray) -> None:
     """Write source[rows] as a .npy file, a block at a time (source may be a memmap)."""
-    window = source.shape[1]
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint16)), "fortran_order": False,
-              "shape": (len(rows), window)}
-    with open(out, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        for start in range(0, len(rows), COPY_BLOCK):
-            f.write(np.ascontiguousarray(source[rows[start : start + COPY_BLOCK]]).tobytes())
+    target = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint16, shape=(len(rows), source.shape[1]))
+    for start in range(0, len(rows), COPY_BLOCK):
+        target[start : start + COPY_BLOCK] = source[rows[start : start + COPY_BLOCK]]
+    target.flush()
+    del target
 
 
 def _tokenize(tokenizer: Tokenizer, stories: Iterable[str], n_stories: int) -> Iterator[List[int]]:
@@ -436,9 +468,10 @@ def prepare_data(source: str, out_dir: Path, data_cfg: dict, num_workers: Option
         stats["seconds"] = round(time.time() - started, 2)
         stats["provenance"] = provenance(inputs=corpus.fingerprint())
         write_json(staging / STATS_FILE, stats)
+        settle(staging)
         out_dir.mkdir(exist_ok=True)
         # stats.json moves last: its presence marks a complete data directory.
-        for name in [TOKENIZER_FILE] + [f"{s}.npy" for s in SPLITS] + [STATS_FILE]:
+        for name in [*TOKENIZER_FILES] + [f"{s}.npy" for s in SPLITS] + [STATS_FILE]:
             os.replace(staging / name, out_dir / name)
     finally:
         remove_path(staging)
@@ -460,7 +493,7 @@ def _prepare_into(corpus: StorySource, staging: Path, data_cfg: dict) -> dict:
             f"and {EOT_MARKER} markers); point data.source at the corpus"
         )
     _check_vocabulary(tokenizer, tally, data_cfg["vocab_size"])
-    tokenizer.save(str(staging / TOKENIZER_FILE))
+    save_hf_tokenizer(hf_tokenizer(tokenizer, window), staging)
     log.info(
         "tokenizer: %d tokens from %d stories in %.1f s",
         tokenizer.get_vocab_size(), tally.stories, time.time() - t0,

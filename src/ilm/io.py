@@ -80,18 +80,57 @@ def temp_sibling(path: Path | str) -> Path:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
-    Works for files and directories (a directory target is replaced whole). Temporaries of
-    killed earlier attempts are removed first, so nothing a kill leaves behind accumulates.
+    Works for files and directories (a directory target is replaced whole). The new content is
+    fsynced and given umask permissions before the rename (`settle`), and the parent directory
+    after it. Temporaries of killed earlier attempts are removed first, so nothing a kill leaves
+    behind accumulates.
     """
     path = Path(path)
     tmp = temp_sibling(path)
     try:
         yield tmp
+        settle(tmp)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         remove_path(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def settle(path: Path) -> None:
+    """Make a freshly written file or tree durable and shareable before it is renamed into place.
+
+    Every file is fsynced (a rename alone can outrun the data on NFS and Lustre), then every
+    directory; permissions follow the umask, as files made by `open` do (some writers, e.g.
+    safetensors, create theirs 0600, which collaborators in a project group could not read).
+    """
+    mask = _umask()
+    paths = [path] + (sorted(path.rglob("*"), reverse=True) if path.is_dir() else [])
+    for p in paths:
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, 0o777 & ~mask)
+            _fsync_dir(p)
+        else:
+            os.chmod(p, 0o666 & ~mask)
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def remove_path(p: Path) -> None:

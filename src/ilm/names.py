@@ -28,7 +28,15 @@ PROTOCOLS: tuple[str, ...] = ("identity", "bert_like", "inv_first")
 _GRADIENT_ONLY_SUFFIX = "_grad"
 
 # The files `ilm train` writes into a model directory; the directory is whole only with all of them.
-MODEL_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "train_log.csv", "run_config.json")
+MODEL_FILES: tuple[str, ...] = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "README.md",
+    "train_log.csv",
+    "run_config.json",
+)
 
 # Paper names, in the paper's order; the `_grad` ablations project the gradient alone.
 VARIANT_NAMES: dict[str, str] = {

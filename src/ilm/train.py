@@ -3,7 +3,7 @@
 One optimizer step sees `train.batch_size` windows, reached by accumulating micro-batches
 whose losses are scaled so the accumulated gradient is the batch mean (never zeroed in
 between: the paper's bug §9.1.1). The learning rate warms up linearly, then decays linearly
-to 0. Every `val_every` steps the objective is measured on a fixed validation subset, and
+to 0 (transformers' get_linear_schedule_with_warmup). Every `val_every` steps the objective is measured on a fixed validation subset, and
 the lowest combined validation loss picks the model that is written out (§2.3).
 
 Everything a killed job needs to continue lives in `checkpoint_dir/last.pt`; with the data
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import hashlib
 import io
 import json
 import logging
@@ -33,13 +34,14 @@ from typing import Any, Mapping, NamedTuple, Optional
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from ilm import faults
 from ilm.config import ConfigSection
-from ilm.data import TOKENIZER_FILE, load_split, read_tokenizer
+from ilm.data import TOKENIZER_FILE, hf_tokenizer, load_split, read_tokenizer, save_hf_tokenizer
 from ilm.io import atomic_path, fingerprints, provenance
 from ilm.model import build_model, count_parameters, numerics, resolve_device
-from ilm.names import parse_variant
+from ilm.names import parse_variant, variant_name
 from ilm.objectives import ObjectiveConfig, compute_objective
 
 logger = logging.getLogger("ilm.train")
@@ -79,32 +81,16 @@ class TrainConfig(ConfigSection):
     device: str
 
 
-class WarmupLinearDecay:
-    """LR multiplier: step/warmup during warm-up, then linear decay to 0 at `total_steps` (§2.2).
-
-    The same formula as transformers' get_linear_schedule_with_warmup, which the paper used
-    (so the very first step runs at lr 0 when there is a warm-up).
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int):
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return step / max(1, self.warmup_steps)
-        return max(0.0, (self.total_steps - step) / max(1, self.total_steps - self.warmup_steps))
-
-
 # --- data -------------------------------------------------------------------------------------------
 
 
 class TrainData(NamedTuple):
-    """The splits training reads, and the SHA-256 of every file they came from."""
+    """The splits training reads, their tokenizer, and the SHA-256 of every file they came from."""
 
     train: np.ndarray  # (N, T) uint16, memory-mapped
     validation: np.ndarray  # (Nv, T) uint16
     fingerprints: dict[str, str]  # file name -> SHA-256: train.npy, validation.npy, tokenizer.json
+    tokenizer: Optional[Any]  # the transformers tokenizer written beside the model (None without tokenizer.json)
 
 
 def load_train_data(data_dir: Path, model_cfg: Mapping) -> TrainData:
@@ -130,9 +116,12 @@ def load_train_data(data_dir: Path, model_cfg: Mapping) -> TrainData:
     vocab = model_cfg["vocab_size"]
     files = [data_dir / "train.npy", data_dir / "validation.npy"]
     tokenizer_path = data_dir / TOKENIZER_FILE
+    tokenizer = None
     if tokenizer_path.exists():
         files.append(tokenizer_path)
-        tokenizer_size = read_tokenizer(tokenizer_path).get_vocab_size()
+        raw = read_tokenizer(tokenizer_path)
+        tokenizer_size = raw.get_vocab_size()
+        tokenizer = hf_tokenizer(raw, model_max_length=window)
         if vocab < tokenizer_size:
             raise ValueError(
                 f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary ({tokenizer_size}, "
@@ -145,7 +134,9 @@ def load_train_data(data_dir: Path, model_cfg: Mapping) -> TrainData:
                 f"{data_dir}/{split}.npy holds token id {largest} but model.vocab_size is {vocab}; "
                 f"set model.vocab_size to at least {largest + 1}"
             )
-    return TrainData(train_data, val_data, fingerprints(files))
+    if tokenizer is None:
+        logger.warning("no %s in %s: the model folder will hold no tokenizer", TOKENIZER_FILE, data_dir)
+    return TrainData(train_data, val_data, fingerprints(files), tokenizer)
 
 
 def epoch_order(seed: int, epoch: int, n_windows: int) -> np.ndarray:
@@ -313,7 +304,8 @@ def new_run(model_cfg: Mapping, cfg: TrainConfig, total_steps: int, device: torc
     model = build_model(model_cfg).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinearDecay(cfg.warmup_steps, total_steps))
+    # Linear warm-up, then linear decay to 0 at the last step: the paper's schedule (§2.2), from transformers.
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     return Run(model, optimizer, scheduler, generator, Progress())
@@ -473,8 +465,12 @@ def _log_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_model(out_dir: Path, run: Run, config: Mapping, variant: str, extra: Mapping) -> None:
-    """out_dir: the best model (save_pretrained), train_log.csv and run_config.json, all at once."""
+def write_model(
+    out_dir: Path, run: Run, config: Mapping, variant: str, tokenizer: Optional[Any], extra: Mapping
+) -> None:
+    """out_dir, all at once: the best model (save_pretrained), its tokenizer, a model card (README.md),
+    train_log.csv and run_config.json. With the tokenizer there, AutoTokenizer, AutoModelForCausalLM
+    and pipeline("text-generation") load the folder as it is."""
     assert run.best_state is not None and run.progress.best_step is not None, "the last step always validates"
     run.model.load_state_dict(run.best_state)
     run_config = provenance(
@@ -487,12 +483,67 @@ def write_model(out_dir: Path, run: Run, config: Mapping, variant: str, extra: M
     )
     with atomic_path(out_dir) as tmp:
         run.model.save_pretrained(tmp)
+        if tokenizer is not None:
+            save_hf_tokenizer(tokenizer, tmp)
         (tmp / "train_log.csv").write_text(_log_csv(run.progress.log_rows))
         (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+        (tmp / "README.md").write_text(model_card(run_config, run.progress, out_dir))
     logger.info(
         "wrote %s: best model from step %d (val loss %.4f) after %d steps",
         out_dir, run.progress.best_step, run.progress.best_val_loss, run.progress.step,
     )
+
+
+def model_card(run_config: Mapping, progress: Progress, out_dir: Path) -> str:
+    """A short Hugging Face model card: what the model is, how it was trained, and how to load it."""
+    cfg, variant = run_config["config"], run_config["variant"]
+    protocol, gradient_only = parse_variant(variant)
+    objective = cfg["objective"]
+    best = next((r for r in progress.log_rows if r["step"] == progress.best_step), {})
+    inverse = (
+        "none (forward next-token CE only)" if protocol is None else
+        f"{variant_name(protocol)} protocol, projecting {'g' if gradient_only else 'x - g'}; "
+        f"lambda_ce {objective['lambda_ce']}, lambda_inv {objective['lambda_inv']}, "
+        f"g = d(sum CE)/dx / {objective['grad_scale_tokens']}"
+    )
+    config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+    inputs = run_config.get("inputs_sha256", {})
+    rows = [
+        ("Variant", f"{variant_name(variant)} (`{variant}`)"),
+        ("Inverse objective", inverse),
+        ("Parameters", f"{run_config['parameters']:,}"),
+        ("Data", f"`{cfg['data']['source']}`, windows of {cfg['data']['window']} tokens, split by "
+                 f"{cfg['data']['split_unit']}; train.npy sha256 {inputs.get('train.npy', '?')[:12]}"),
+        ("Training", f"{run_config['steps']} steps ({run_config['epochs_completed']} epochs) of "
+                     f"{run_config['batch_size']} windows, lr {cfg['train']['lr']}, seed {cfg['train']['seed']}"),
+        ("Selected", f"step {progress.best_step}: validation loss {progress.best_val_loss:.4f}"
+                     + (f", validation CE {best['val_ce']:.4f}" if best.get("val_ce") is not None else "")),
+        ("Config hash", f"sha256 {config_hash[:16]} (of the `config` in run_config.json)"),
+        ("Code", f"ilm {run_config['ilm_version']}, commit {run_config.get('git_commit') or 'unknown'}"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [inverse-language-modeling, ilm, llama]
+---
+
+# ILM {variant_name(variant)}
+
+A small Llama trained from scratch by the reference reproduction of *Inverse Language Modeling towards
+Robust and Grounded LLMs* (arXiv 2510.01929). Test metrics are in `results/metrics/{variant}/`.
+
+| | |
+|---|---|
+{table}
+
+```python
+from transformers import pipeline
+
+generate = pipeline("text-generation", model="{out_dir}")
+print(generate("Once upon a time", max_new_tokens=20, do_sample=False)[0]["generated_text"])
+```
+"""
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
@@ -611,7 +662,7 @@ def train(
             return
     bar.close()
     write_model(
-        out_dir, run, config, variant,
+        out_dir, run, config, variant, data.tokenizer,
         {
             "inputs_sha256": data.fingerprints,
             "epochs_completed": round(progress.step / schedule.steps_per_epoch, 4),

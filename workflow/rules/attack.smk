@@ -11,9 +11,9 @@ rule select_gcg_samples:
         "../../envs/ilm.yaml"
     params:
         data_dir=input_dir("test"),
-        config=config_json("select_gcg_samples"),
+        config=config_file("select_gcg_samples"),
     shell:
-        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config-json {params.config:q} > {log} 2>&1"
+        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} > {log} 2>&1"
 
 
 rule attack_gcg_shard:
@@ -36,10 +36,10 @@ rule attack_gcg_shard:
     params:
         model_dir=model_dir,
         data_dir=input_dir("test"),
-        config=config_json("attack_gcg_shard"),
+        config=config_file("attack_gcg_shard"),
     shell:
         "ilm --threads {threads} gcg-attack --model {params.model_dir} --data-dir {params.data_dir} --shard {wildcards.shard}"
-        " --out {output.shard} --config-json {params.config:q} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} > {log} 2>&1"
 
 
 rule summarise_gcg:
@@ -59,8 +59,8 @@ rule summarise_gcg:
         "../../envs/ilm.yaml"
     params:
         model_dir=model_dir,
-        config=config_json("summarise_gcg"),
+        config=config_file("summarise_gcg"),
     shell:
         "ilm gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
         " --variant {wildcards.variant} --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
-        " --config-json {params.config:q} > {log} 2>&1"
+        " --config {params.config} > {log} 2>&1"

@@ -1,8 +1,7 @@
 # Validation (before any job runs), shared paths and the config slices rules pass to `ilm`.
-import json
 import os
 
-from ilm.config import check_data_stats, stage_slice, validate_config
+from ilm.config import check_data_stats, validate_config, write_stage_config
 from ilm.names import MODEL_FILES
 
 config.update(validate_config(config))
@@ -22,12 +21,13 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def config_json(stage):
-    """The config slice `stage` (named after its rule) reads, as JSON; a change to it reruns that step and what follows.
+def config_file(stage):
+    """The file holding the config slice `stage` (named after its rule) reads; its name is the slice's hash.
 
+    Passed as a param, so a change to the slice reruns that step and what follows, and only then.
     ilm.config.STAGES says which keys each rule reads.
     """
-    return json.dumps(stage_slice(config, stage), sort_keys=True)
+    return str(write_stage_config(config, stage, ".snakemake/ilm/config"))
 
 
 def corpus_source():

@@ -19,20 +19,21 @@ rule prepare_data:
         corpus_input,
     output:
         tokenizer=f"{DATA}/tokenizer.json",
+        tokenizer_config=f"{DATA}/tokenizer_config.json",
         splits=expand(f"{DATA}/{{split}}.npy", split=SPLITS),
         stats=f"{DATA}/stats.json",
     log:
         "logs/prepare_data.log",
     conda:
         "../../envs/ilm.yaml"
-    threads: workflow.cores
+    threads: 8  # capped at --cores; profiles/slurm sets its own
     resources:
         mem_mb=16000,
         runtime=120,
     params:
         data_dir=lambda wildcards, output: os.path.dirname(output.stats),
         source=corpus_source(),
-        config=config_json("prepare_data"),
+        config=config_file("prepare_data"),
     shell:
         "ilm --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
-        " --config-json {params.config:q} > {log} 2>&1"
+        " --config {params.config} > {log} 2>&1"

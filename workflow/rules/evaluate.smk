@@ -18,8 +18,8 @@ rule evaluate_model:
     params:
         model_dir=model_dir,
         data_dir=input_dir("test"),
-        config=config_json("evaluate_model"),
+        config=config_file("evaluate_model"),
     shell:
         "ilm --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
         " --forward-out {output.forward} --inverse-out {output.inverse}"
-        " --config-json {params.config:q} > {log} 2>&1"
+        " --config {params.config} > {log} 2>&1"

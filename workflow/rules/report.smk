@@ -44,10 +44,10 @@ rule tabulate_gcg_summary:
         "../../envs/ilm.yaml"
     params:
         stem=output_stem,
-        config=config_json("tabulate_gcg_summary"),
+        config=config_file("tabulate_gcg_summary"),
     shell:
         "ilm table gcg_summary --inputs {input.metrics}"
-        " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
 
 
 rule tabulate_gcg_examples:
@@ -63,10 +63,10 @@ rule tabulate_gcg_examples:
         "../../envs/ilm.yaml"
     params:
         stem=output_stem,
-        config=config_json("tabulate_gcg_examples"),
+        config=config_file("tabulate_gcg_examples"),
     shell:
         "ilm table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
-        " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
 
 
 rule plot_gcg_success_rate:
@@ -86,7 +86,7 @@ rule plot_gcg_success_rate:
         "../../envs/ilm.yaml"
     params:
         stem=output_stem,
-        config=config_json("plot_gcg_success_rate"),
+        config=config_file("plot_gcg_success_rate"),
     shell:
         "ilm figure gcg_success_rate --inputs {input.sweeps}"
-        " --out-stem {params.stem} --config-json {params.config:q} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule train_model:
         data_dir=input_dir("tokenizer"),
         model_dir=lambda wildcards, output: os.path.dirname(output.model[0]),
         checkpoints=f"{RESULTS}/checkpoints/{{variant}}",
-        config=config_json("train_model"),
+        config=config_file("train_model"),
     shell:
         "ilm --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {params.model_dir}"
-        " --checkpoint-dir {params.checkpoints} --config-json {params.config:q} > {log} 2>&1"
+        " --checkpoint-dir {params.checkpoints} --config {params.config} > {log} 2>&1"
