@@ -21,9 +21,11 @@ include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
 
 
-# Seconds of CPU on small files: run them where Snakemake runs, never as cluster jobs.
+# Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
+# usually the login node, never as cluster jobs.
 localrules:
     all,
+    download_data,
     select_gcg_samples,
     summarise_gcg,
     tabulate_forward_quality,

@@ -112,7 +112,7 @@ def test_every_rule_has_a_stage_and_every_stage_slice_validates():
 
     rules = set()
     for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        rules.update(re.findall(r"^rule (\w+):", smk.read_text(), flags=re.M))
+        rules.update(re.findall(r"^\s*rule (\w+):", smk.read_text(), flags=re.M))
     assert rules == set(STAGES)
     for preset in (None, "profiles/demo/demo.yaml", "tests/smoke.yaml"):
         overrides = yaml.safe_load((REPO / preset).read_text()) if preset else None

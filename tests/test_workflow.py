@@ -28,7 +28,7 @@ def test_paper_config_dry_run_resolves_the_whole_dag(tmp_path):
     """`snakemake -n` on the paper config plans every stage for the four variants."""
     proc = run_snakemake(tmp_path, "-n", configfiles=())
     counts = _job_counts(proc.stdout)
-    assert counts["prepare_data"] == counts["select_gcg_samples"] == 1
+    assert counts["download_data"] == counts["prepare_data"] == counts["select_gcg_samples"] == 1
     assert counts["train_model"] == counts["evaluate_model"] == counts["summarise_gcg"] == 4
     assert counts["attack_gcg_shard"] == 4 * 8
     assert "make_corpus" not in counts  # the paper reads TinyStories, not the generated corpus
@@ -42,6 +42,7 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     proc = run_snakemake(tmp_path, "-n", "--profile", "profiles/demo", configfiles=())
     counts = _job_counts(proc.stdout)
     assert counts["make_corpus"] == 1 and counts["train_model"] == 4 and counts["attack_gcg_shard"] == 4 * 2
+    assert "download_data" not in counts
 
 
 def test_ablation_variants_can_be_added(tmp_path):

@@ -45,6 +45,12 @@ def cmd_make_corpus(args: argparse.Namespace) -> None:
     write_corpus(args.out, n_stories=args.stories, seed=args.seed)
 
 
+def cmd_download_data(args: argparse.Namespace) -> None:
+    from ilm.download import download_dataset
+
+    download_dataset(args.source, args.revision or None, args.out)
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> None:
     from ilm.data import prepare_data
 
@@ -153,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stories", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(func=cmd_make_corpus)
+
+    p = sub.add_parser("download-data", help="fetch an HF dataset at a revision into a local folder (needs network)")
+    p.add_argument("--source", required=True, help="HF dataset id, owner/name")
+    p.add_argument("--revision", default=None, help="commit, tag or branch (default: the default branch)")
+    p.add_argument("--out", type=Path, required=True, help="folder to create, e.g. resources/datasets/<name>")
+    p.set_defaults(func=cmd_download_data)
 
     p = sub.add_parser("prepare-data", help="train the BPE tokenizer, cut windows, split, write .npy")
     p.add_argument("--source", default=None, help="HF dataset id, local text file/folder (default: data.source)")

@@ -62,6 +62,7 @@ class Scope(NamedTuple):
 # stage exactly when a setting it reads changes (changing gcg.examples reruns only that table).
 STAGES: dict[str, Scope] = {
     "make_corpus": Scope(("corpus",)),
+    "download_data": Scope(("data.source", "data.revision")),
     "prepare_data": Scope(("data",)),
     "train_model": Scope(("data", "model", "objective", "train")),
     "evaluate_model": Scope(("data", "model", "objective", "evaluate")),

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 from array import array
@@ -26,6 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
+from ilm.download import is_hub_id, read_download_record
 from ilm.io import fingerprints, provenance, remove_path, settle, temp_sibling, write_json
 from ilm.names import EOT_MARKER, SPECIAL_TOKENS
 
@@ -54,8 +54,6 @@ COPY_BLOCK = 1 << 16
 NPY_MAGIC = b"\x93NUMPY"
 # What to do about a damaged data file.
 _REPREPARE = "prepare the data again (`snakemake --forcerun prepare_data`, or `ilm prepare-data`)"
-HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LOCAL_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv", ".arrow")
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -90,6 +88,19 @@ class StorySource:
         if self.hf_dataset is not None:
             return {self.description: f"datasets-fingerprint:{getattr(self.hf_dataset, '_fingerprint', None)}"}
         return fingerprints(self.text_files)
+
+    def dataset(self, data_cfg: dict) -> Optional[dict]:
+        """For an HF dataset: its id, the revision asked for, the commit downloaded (when download_data
+        fetched it) and the datasets fingerprint of the rows read; None for local text files."""
+        if self.hf_dataset is None:
+            return None
+        record = read_download_record(Path(self.description)) if Path(self.description).is_dir() else None
+        return {
+            "id": record["repo_id"] if record else self.description,
+            "revision": record["revision"] if record else data_cfg["revision"],
+            "commit": record["commit"] if record else None,
+            "fingerprint": getattr(self.hf_dataset, "_fingerprint", None),
+        }
 
 
 def split_stories(chunks: Iterable[str], separator: str) -> Iterator[str]:
@@ -128,10 +139,6 @@ def _is_text_folder(folder: Path) -> bool:
     return bool(entries) and all(p.is_file() and p.suffix == ".txt" for p in entries)
 
 
-def _looks_like_hf_id(source: str) -> bool:
-    return bool(HF_ID.match(source)) and not source.lower().endswith(LOCAL_SUFFIXES)
-
-
 def _detect_separator(sample: Iterable[str]) -> str:
     return "endoftext" if any(s and EOT_MARKER in s for s in sample) else "line"
 
@@ -140,8 +147,9 @@ def _load_hf(source: str, data_cfg: dict):
     """`datasets.load_dataset(source)` with data.hf_splits concatenated in order (docs/method.md §3.1)."""
     import datasets
 
+    revision = data_cfg["revision"] if is_hub_id(source) else None  # a local copy is one revision already
     try:
-        loaded = datasets.load_dataset(source)
+        loaded = datasets.load_dataset(source, revision=revision)
     except Exception as e:  # noqa: BLE001 - any loading failure is a bad data.source; re-raised
         raise ValueError(
             f"data.source {source!r} could not be loaded with datasets.load_dataset "
@@ -175,7 +183,7 @@ def open_source(source: str, data_cfg: dict) -> StorySource:
         text_files = [path]
     elif path.is_dir() and _is_text_folder(path):
         text_files = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-    elif path.is_dir() or (not path.exists() and _looks_like_hf_id(source)):
+    elif path.is_dir() or is_hub_id(source):
         hf_dataset = _load_hf(source, data_cfg)
     else:
         hint = (
@@ -565,6 +573,7 @@ def _prepare_into(corpus: StorySource, staging: Path, data_cfg: dict) -> dict:
     log.info("%d of %d stories were shorter than %d tokens and gave no window", too_short, tally.stories, window)
     return {
         "source": corpus.description,
+        "dataset": corpus.dataset(data_cfg),
         "story_separator": corpus.separator,
         "splits": splits,
         "totals": {

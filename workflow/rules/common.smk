@@ -2,6 +2,7 @@
 import os
 
 from ilm.config import check_data_stats, validate_config, write_stage_config
+from ilm.download import is_hub_id, local_folder
 from ilm.names import MODEL_FILES
 
 config.update(validate_config(config))
@@ -31,16 +32,23 @@ def config_file(stage):
 
 
 def corpus_source():
-    """The generated corpus when data.source is "generated", else the configured source."""
-    if config["data"]["source"] == "generated":
+    """What prepare_data reads: the generated corpus, the local copy of a Hub dataset, or the local source."""
+    source = config["data"]["source"]
+    if source == "generated":
         return f"{RESULTS}/corpus/stories.txt"
-    return config["data"]["source"]
+    if is_hub_id(source):
+        return local_folder(source, config["data"]["revision"])
+    return source
 
 
 def corpus_input(wildcards):
-    """The corpus files prepare_data reads: a local file, every file under a local folder, or none (a hub id)."""
+    """The corpus prepare_data reads: a file or folder a rule makes, a local file, or every file under a local folder."""
     source = corpus_source()
-    if config["data"]["source"] == "generated" or os.path.isfile(source):
+    if (
+        config["data"]["source"] == "generated"
+        or is_hub_id(config["data"]["source"])
+        or os.path.isfile(source)
+    ):
         return [source]
     if os.path.isdir(source):
         return sorted(

@@ -13,6 +13,24 @@ rule make_corpus:
         "ilm make-corpus --out {output.stories} --stories {params.stories} --seed {params.seed} > {log} 2>&1"
 
 
+# Only for a Hub dataset: other sources are local files (or the generated corpus).
+if is_hub_id(config["data"]["source"]):
+
+    rule download_data:
+        # The HF dataset of data.source at data.revision, fetched once where there is network (a local rule).
+        output:
+            folder=directory(corpus_source()),
+        log:
+            "logs/download_data.log",
+        conda:
+            "../../envs/ilm.yaml"
+        params:
+            source=config["data"]["source"],
+            revision=config["data"]["revision"] or "",
+        shell:
+            "ilm download-data --source {params.source:q} --revision {params.revision:q} --out {output.folder} > {log} 2>&1"
+
+
 rule prepare_data:
     # BPE tokenizer, 256-token windows within stories, and the train/validation/test splits.
     input:
