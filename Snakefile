@@ -10,6 +10,10 @@ min_version("8.20")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+# The image of every rule under --sdm apptainer (build it from envs/Apptainer.def; README "Set-up").
+container: os.path.join(workflow.basedir, "envs", "ilm.sif")
+
+
 report: "workflow/report/workflow.rst"
 
 

@@ -148,6 +148,17 @@ def cmd_figure(args: argparse.Namespace) -> None:
     module.draw(args.inputs, args.out_stem, _config(args, f"plot_{args.name}"))
 
 
+def cmd_check_env(args: argparse.Namespace) -> int:
+    from ilm.deploy import check_env
+
+    problems = check_env(args.pyproject, args.env)
+    for problem in problems:
+        print(f"ilm check-env: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.env} pins every dependency of {args.pyproject} inside its range")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -159,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stories", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1234)
     p.set_defaults(func=cmd_make_corpus)
+
+    p = sub.add_parser("check-env", help="check that envs/ilm.yaml pins every pyproject.toml dependency in range")
+    p.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
+    p.add_argument("--env", type=Path, default=Path("envs/ilm.yaml"))
+    p.set_defaults(func=cmd_check_env)
 
     p = sub.add_parser("download-data", help="fetch an HF dataset at a revision into a local folder (needs network)")
     p.add_argument("--source", required=True, help="HF dataset id, owner/name")
@@ -248,13 +264,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        args.func(args)
+        status = args.func(args)
     except ValueError as e:
         # Bad user input: one clear message, no traceback (STYLE 7).
         logger.error("%s", e)
         print(f"ilm {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ rule select_gcg_samples:
         "logs/gcg/select_samples.log",
     priority: 50
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         data_dir=input_dir("test"),
         config=config_file("select_gcg_samples"),
@@ -27,7 +27,7 @@ rule attack_gcg_shard:
     log:
         "logs/gcg/{variant}/shard{shard}.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
@@ -56,7 +56,7 @@ rule summarise_gcg:
     log:
         "logs/gcg/{variant}/summary.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         model_dir=model_dir,
         config=config_file("summarise_gcg"),

@@ -2,6 +2,7 @@
 import os
 
 from ilm.config import check_data_stats, validate_config, write_stage_config
+from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
 from ilm.names import MODEL_FILES
 
@@ -12,6 +13,15 @@ RESULTS = "results"
 DATA = f"{RESULTS}/data"
 SPLITS = ["train", "validation", "test"]
 GCG_SHARDS = list(range(config["gcg"]["shards"]))
+
+# Under --sdm conda every job runs in this env, envs/ilm.yaml plus this checkout and the torch build.
+CONDA_ENV = str(
+    conda_env_file(
+        os.path.join(workflow.basedir, "envs", "ilm.yaml"),
+        workflow.basedir,
+        ".snakemake/ilm/envs",
+    )
+)
 
 # Checks that need the prepared data run now when results/data is current (else after prepare_data).
 check_data_stats(config, f"{DATA}/stats.json")

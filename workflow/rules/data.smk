@@ -5,7 +5,7 @@ rule make_corpus:
     log:
         "logs/make_corpus.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         stories=config["corpus"]["stories"],
         seed=config["corpus"]["seed"],
@@ -23,7 +23,7 @@ if is_hub_id(config["data"]["source"]):
         log:
             "logs/download_data.log",
         conda:
-            "../../envs/ilm.yaml"
+            CONDA_ENV
         params:
             source=config["data"]["source"],
             revision=config["data"]["revision"] or "",
@@ -43,7 +43,7 @@ rule prepare_data:
     log:
         "logs/prepare_data.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     threads: 8  # capped at --cores; profiles/slurm sets its own
     resources:
         mem_mb=16000,

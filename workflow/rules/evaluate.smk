@@ -9,7 +9,7 @@ rule evaluate_model:
     log:
         "logs/evaluate/{variant}.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,

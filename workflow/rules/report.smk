@@ -7,7 +7,7 @@ rule tabulate_forward_quality:
     log:
         "logs/tables/forward_quality.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         stem=output_stem,
     shell:
@@ -24,7 +24,7 @@ rule tabulate_inverse_accuracy:
     log:
         "logs/tables/inverse_accuracy.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         stem=output_stem,
     shell:
@@ -41,7 +41,7 @@ rule tabulate_gcg_summary:
     log:
         "logs/tables/gcg_summary.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         stem=output_stem,
         config=config_file("tabulate_gcg_summary"),
@@ -60,7 +60,7 @@ rule tabulate_gcg_examples:
     log:
         "logs/tables/gcg_examples.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         stem=output_stem,
         config=config_file("tabulate_gcg_examples"),
@@ -83,7 +83,7 @@ rule plot_gcg_success_rate:
     log:
         "logs/figures/gcg_success_rate.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     params:
         stem=output_stem,
         config=config_file("plot_gcg_success_rate"),

@@ -8,7 +8,7 @@ rule train_model:
     log:
         "logs/train/{variant}.log",
     conda:
-        "../../envs/ilm.yaml"
+        CONDA_ENV
     threads: 4
     resources:
         gpu=1,
