@@ -137,6 +137,21 @@ def test_smoke_run_produces_every_table_and_figure(smoke_run):
         model = smoke_run / "results" / "models" / variant
         assert (model / "model.safetensors").exists() and (model / "train_log.csv").exists()
         assert (smoke_run / "logs" / "train" / f"{variant}.log").exists()
+        assert not [p.name for p in model.iterdir() if p.name.startswith(".")]  # no workflow markers
+
+
+@pytest.mark.slow
+def test_smoke_model_runs_in_a_text_generation_pipeline(smoke_run):
+    """pipeline("text-generation", model=<model folder>) works as it is; its text is prompt + decoded continuation."""
+    from transformers import AutoTokenizer, pipeline
+
+    model_dir = smoke_run / "results" / "models" / "base"
+    prompt = "Once upon a time"
+    text = pipeline("text-generation", model=str(model_dir))(prompt, max_new_tokens=8, do_sample=False)
+    text = text[0]["generated_text"]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert tok.decode(tok(text)["input_ids"]).strip() == text  # the text round-trips through the tokenizer
 
 
 @pytest.mark.slow

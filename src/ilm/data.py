@@ -326,9 +326,6 @@ def save_hf_tokenizer(tokenizer: "PreTrainedTokenizerFast", directory: Path) -> 
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config_path.write_text(json.dumps(config, indent=2) + "\n")
-    for name in os.listdir(directory):  # anything else save_pretrained may add (e.g. special_tokens_map.json)
-        if name not in TOKENIZER_FILES and name.startswith(("special_tokens", "added_tokens")):
-            (Path(directory) / name).unlink()
 
 
 def read_tokenizer(path: Path) -> Tokenizer:
