@@ -244,3 +244,15 @@ def test_local_corpus_is_an_input(tmp_path):
         f.write("\n<|endoftext|>\nOne more story about a cat who found a hat.\n")
     counts = _job_counts(run_snakemake(work, "-n", "results/data/stats.json", configfiles=configs).stdout)
     assert counts == {"prepare_data": 1}
+
+
+@pytest.mark.slow
+def test_report_holds_every_table_and_figure(smoke_run, tmp_path):
+    """`snakemake --report` on a finished run embeds every table and the figure, with their captions."""
+    report = tmp_path / "report.html"
+    run_snakemake(smoke_run, "--report", str(report))
+    html = report.read_text()
+    for name in ("forward_quality.csv", "inverse_accuracy.csv", "gcg_summary.csv", "gcg_examples.tex",
+                 "gcg_success_rate.png"):
+        assert name in html, name
+    assert "Wilson interval" in html and "Forward quality" in html  # captions rendered

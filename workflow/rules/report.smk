@@ -3,7 +3,13 @@ rule tabulate_forward_quality:
     input:
         metrics=metric_files("forward.json"),
     output:
-        multiext(f"{RESULTS}/tables/forward_quality", ".csv", ".md", ".tex"),
+        csv=report(
+            f"{RESULTS}/tables/forward_quality.csv",
+            caption="../report/forward_quality.rst",
+            category="Tables",
+        ),
+        md=f"{RESULTS}/tables/forward_quality.md",
+        tex=f"{RESULTS}/tables/forward_quality.tex",
     log:
         "logs/tables/forward_quality.log",
     conda:
@@ -20,7 +26,13 @@ rule tabulate_inverse_accuracy:
     input:
         metrics=metric_files("inverse.json"),
     output:
-        multiext(f"{RESULTS}/tables/inverse_accuracy", ".csv", ".md", ".tex"),
+        csv=report(
+            f"{RESULTS}/tables/inverse_accuracy.csv",
+            caption="../report/inverse_accuracy.rst",
+            category="Tables",
+        ),
+        md=f"{RESULTS}/tables/inverse_accuracy.md",
+        tex=f"{RESULTS}/tables/inverse_accuracy.tex",
     log:
         "logs/tables/inverse_accuracy.log",
     conda:
@@ -37,7 +49,13 @@ rule tabulate_gcg_summary:
     input:
         metrics=metric_files("gcg.csv"),
     output:
-        multiext(f"{RESULTS}/tables/gcg_summary", ".csv", ".md", ".tex"),
+        csv=report(
+            f"{RESULTS}/tables/gcg_summary.csv",
+            caption="../report/gcg_summary.rst",
+            category="Tables",
+        ),
+        md=f"{RESULTS}/tables/gcg_summary.md",
+        tex=f"{RESULTS}/tables/gcg_summary.tex",
     log:
         "logs/tables/gcg_summary.log",
     conda:
@@ -56,7 +74,11 @@ rule tabulate_gcg_examples:
         metrics=metric_files("gcg.csv"),
         tokenizer=f"{DATA}/tokenizer.json",
     output:
-        f"{RESULTS}/tables/gcg_examples.tex",
+        report(
+            f"{RESULTS}/tables/gcg_examples.tex",
+            caption="../report/gcg_examples.rst",
+            category="Tables",
+        ),
     log:
         "logs/tables/gcg_examples.log",
     conda:
