@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import math
 from functools import lru_cache
@@ -118,14 +117,10 @@ def write_stage_config(config: Mapping, stage: str, directory: Path | str) -> Pa
     rerun by Snakemake when, and only when, a setting it reads changes, while its shell line and
     Snakemake's "params have changed" message stay one short path long.
     """
-    from ilm.io import write_text
+    from ilm.io import write_named_by_content
 
     text = json.dumps(stage_slice(config, stage), sort_keys=True, indent=1) + "\n"
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = Path(directory) / f"{stage}-{digest}.json"
-    if not path.is_file() or path.read_text() != text:
-        write_text(path, text)
-    return path
+    return write_named_by_content(directory, stage, ".json", text)
 
 
 # --- validation -----------------------------------------------------------------------------------

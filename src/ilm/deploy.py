@@ -9,7 +9,6 @@ the torch build (CPU by default), named by its content so a change makes a new e
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tomllib
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from ilm.io import write_named_by_content
 
 # torch from PyTorch's CPU wheel index: a PyPI torch pulls gigabytes of CUDA on a CPU node.
 CPU_TORCH = ("--extra-index-url https://download.pytorch.org/whl/cpu", "torch==2.13.0+cpu")
@@ -37,14 +38,8 @@ def conda_env_file(template: Path, repo: Path, out_dir: Path) -> Path:
     torch = os.environ.get(TORCH_ENV)
     pip[:0] = [torch] if torch else list(CPU_TORCH)
     pip.append(f"-e {Path(repo).resolve()}")
-    text = yaml.safe_dump(env, sort_keys=False)
     # Absolute: Snakemake resolves a relative `conda:` path against the rule file's folder.
-    path = Path(out_dir).resolve() / f"ilm-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
-    if not path.is_file() or path.read_text() != text:
-        from ilm.io import write_text
-
-        write_text(path, text)
-    return path
+    return write_named_by_content(Path(out_dir).resolve(), "ilm", ".yaml", yaml.safe_dump(env, sort_keys=False))
 
 
 def check_env(pyproject: Path, env_file: Path) -> list[str]:

@@ -146,6 +146,18 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_named_by_content(directory: Path | str, stem: str, suffix: str, text: str) -> Path:
+    """Write `text` to directory/<stem>-<first 16 hex of its SHA-256><suffix> unless it is there; return the path.
+
+    The name changes exactly when the content does, which makes the path a cheap change marker.
+    """
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(directory) / f"{stem}-{digest}{suffix}"
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+    return path
+
+
 def write_json(path: Path | str, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
