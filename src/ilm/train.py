@@ -419,7 +419,10 @@ def resume(run: Run, checkpoint_dir: Path, fingerprint: dict, device: torch.devi
     best_dir = checkpoint_dir / BEST_DIR_NAME
     if run.best_state is not None and _best_dir_step(best_dir) != run.progress.best_step:
         # A kill between saving best/ and last.pt can leave a best/ from beyond the checkpoint.
-        _save_best(best_dir, run.best_state, run.model, run.progress)
+        current = _state_copy(run.model)
+        run.model.load_state_dict(run.best_state)
+        _save_best(best_dir, run.model, run.progress)
+        run.model.load_state_dict(current)
     return True
 
 
@@ -427,15 +430,12 @@ def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _save_best(best_dir: Path, state: dict[str, torch.Tensor], model: torch.nn.Module, progress: Progress) -> None:
-    """The best model so far as an HF directory, with its step and validation loss."""
-    current = _state_copy(model)
-    model.load_state_dict(state)
+def _save_best(best_dir: Path, model: torch.nn.Module, progress: Progress) -> None:
+    """`model`, the best so far, as an HF directory with its step and validation loss."""
     with atomic_path(best_dir) as tmp:
         model.save_pretrained(tmp)
         meta = {"step": progress.best_step, "val_loss": progress.best_val_loss}
         (tmp / BEST_META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    model.load_state_dict(current)
 
 
 def _best_dir_step(best_dir: Path) -> Optional[int]:
@@ -628,7 +628,7 @@ def train(
             if improves(val_loss, progress.best_val_loss):
                 progress.best_val_loss, progress.best_step = val_loss, progress.step
                 run.best_state = _state_copy(run.model)
-                _save_best(checkpoint_dir / BEST_DIR_NAME, run.best_state, run.model, progress)
+                _save_best(checkpoint_dir / BEST_DIR_NAME, run.model, progress)
             bar.write(
                 f"step {progress.step:05d}/{schedule.total:05d} | loss {stats['loss']:.2f} | val {val_loss:.2f} | "
                 f"{_human(rate)} tok/s",
