@@ -41,24 +41,31 @@ def inverse_rows(
     gradient_only: bool,
     scale: float,
     positions: Optional[torch.Tensor] = None,
+    with_g: bool = True,
+    placeholder: int = PAD_ID,
+    exclude_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inverse logits (M, V), targets (M,)) of a protocol, one sequence at a time.
 
-    identity: every position classifies its own token from x - g (or g); bert_like: `positions`
-    (N, k) hold <pad> and are classified; inv_first: position 0 holds <s> and is classified.
+    identity: every position (but the last with exclude_last) classifies its own token from
+    x - g (or g); bert_like: `positions` (N, k) hold the placeholder and are classified;
+    inv_first: position 0 holds <s> and is classified. Without g: from x (or from 0).
     """
     logits, targets = [], []
     for b in range(ids.shape[0]):
         inp = ids[b].clone()
         if protocol == "bert_like":
-            inp[positions[b]] = PAD_ID
+            inp[positions[b]] = placeholder
         elif protocol == "inv_first":
             inp[0] = BOS_ID
         x = model.model.embed_tokens.weight.detach()[inp].clone().unsqueeze(0).requires_grad_(True)
         row_logits = model(inputs_embeds=x).logits[0, :-1]
         g = _grad_of_nll(row_logits, ids[b], x, scale)  # targets are always the original tokens
+        if not with_g:
+            g = torch.zeros_like(g)
         v = g if gradient_only else x.detach()[0] - g
-        rows = {"identity": slice(None), "bert_like": positions[b] if positions is not None else None,
+        identity_rows = slice(0, ids.shape[1] - 1) if exclude_last else slice(None)
+        rows = {"identity": identity_rows, "bert_like": positions[b] if positions is not None else None,
                 "inv_first": slice(0, 1)}[protocol]
         logits.append(project(model, v[rows]))
         targets.append(ids[b][rows])

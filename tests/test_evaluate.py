@@ -75,11 +75,14 @@ def test_forward_metrics_match_an_independent_computation(tmp_path, model_and_da
 
 
 @pytest.mark.parametrize("variant", ["identity", "inv_first_grad"])
-def test_inverse_metrics_match_an_independent_computation(tmp_path, model_and_data, variant):
-    """inverse.json's CE, top-k and row count per protocol equal a per-sequence, hand-normed reference.
+@pytest.mark.parametrize("with_g", [True, False])
+def test_inverse_metrics_match_an_independent_computation(tmp_path, model_and_data, variant, with_g):
+    """inverse.json's CE, top-k and row count per protocol, with g and without (`without_g`: v = x, or
+    0 for `*_grad`), equal a per-sequence, hand-normed reference; so does the top-1 accuracy by position.
 
     g is scaled by 1 (not 1/65536) so the gradient-only logits are not all near-ties that
-    float32 rounding could reorder.
+    float32 rounding could reorder. Rows of equal logits (g = 0 exactly at the last position, and
+    every row of `*_grad` without g) count as wrong: ties count against the target.
     """
     objective = {"grad_scale_tokens": 1.0}
     _, inverse = run(tmp_path, model_and_data, variant, objective)
@@ -91,26 +94,32 @@ def test_inverse_metrics_match_an_independent_computation(tmp_path, model_and_da
     gradient_only = variant.endswith("_grad")
     generator = torch.Generator().manual_seed(cfg["evaluate"]["seed"])
     for protocol in PROTOCOLS:
-        logits, targets = [], []
+        logits, targets, where = [], [], []
         for start in range(0, N_TEST, 4):  # the masks are drawn batch by batch, as evaluate draws them
             batch = ids[start : start + 4]
             positions = draw_mask_positions(*batch.shape, fraction, generator) if protocol == "bert_like" else None
             batch_logits, batch_targets = reference.inverse_rows(
-                model, batch, protocol, gradient_only, scale, positions
+                model, batch, protocol, gradient_only, scale, positions, with_g=with_g
             )
             logits.append(batch_logits.detach())
             targets.append(batch_targets)
-        logits, targets = torch.cat(logits).double(), torch.cat(targets)
-        m = inverse[protocol]
-        assert m["rows"] == len(targets)
+            at = {"identity": torch.arange(WINDOW).repeat(len(batch)), "inv_first": torch.zeros(len(batch))}
+            where.append(positions.reshape(-1) if protocol == "bert_like" else at[protocol])
+        logits, targets, where = torch.cat(logits).double(), torch.cat(targets), torch.cat(where).long()
+        m = inverse[protocol] if with_g else inverse[protocol]["without_g"]
+        assert inverse[protocol]["rows"] == len(targets)
         assert m["ce"] == pytest.approx(float(reference.cross_entropy(logits, targets)), rel=1e-4)
-        if (logits == logits[:, :1]).all(1).any():
-            # g = 0 exactly at the last position: g alone projects to all-equal logits, whose top-k is
-            # whatever torch.topk returns among ties. Only x - g has no such rows.
-            assert gradient_only
-            continue
         for k in (1, 3, 5):
             assert m[f"top{k}"] == pytest.approx(reference.topk_hits(logits, targets, k) / len(targets), abs=1e-12)
+        if gradient_only and not with_g:
+            assert m["top5"] == 0.0 and m["ce"] == pytest.approx(math.log(VOCAB), rel=1e-6)  # v = 0: no information
+        if with_g:
+            by_position = inverse[protocol]["by_position"]
+            for t in range(WINDOW):
+                here = where == t
+                assert by_position["rows"][t] == int(here.sum())
+                expected = reference.topk_hits(logits[here], targets[here], 1) / int(here.sum()) if here.any() else None
+                assert by_position["top1"][t] == (pytest.approx(expected, abs=1e-12) if expected is not None else None)
 
 
 @pytest.mark.parametrize("variant", ["base", "bert_like"])

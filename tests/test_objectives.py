@@ -13,7 +13,7 @@ from transformers.models.llama import modeling_llama
 import reference
 from ilm.config import load_config
 from ilm.model import build_model, count_parameters
-from ilm.names import BOS_ID, PAD_ID, PROTOCOLS, VARIANTS
+from ilm.names import BOS_ID, MASK_ID, PAD_ID, PROTOCOLS, VARIANTS
 from ilm.objectives import (
     ObjectiveConfig,
     apply_mask,
@@ -21,12 +21,13 @@ from ilm.objectives import (
     draw_mask_positions,
     forward_ce,
     inverse_logits,
+    inverse_rows,
     mask_count,
     parse_variant,
     project_to_vocab,
     topk_correct,
 )
-from tiny import TINY_MODEL, VOCAB, tiny_model
+from tiny import TINY_MODEL, VOCAB, tiny_model, tiny_model_config
 
 
 def objective(**values) -> ObjectiveConfig:
@@ -217,6 +218,73 @@ def test_gradient_only_inverse_loss_reaches_embeddings_only_through_g(tiny, prot
     assert _embedding_grad(tiny, ids, protocol + "_grad", cfg, create_graph=True).abs().max() > 0
     if protocol != "bert_like":  # E[pad] is nn.Embedding's padding_idx row: it never receives gradient
         assert _embedding_grad(tiny, ids, protocol, cfg, create_graph=False).abs().max() > 0
+
+
+# ---- controls (objective.exclude_last_position, objective.mask_placeholder) -----------------------------
+
+
+@pytest.mark.parametrize("variant", ["identity", "bert_like", "bert_like_grad"])
+def test_exclude_last_position_matches_the_reference(tiny, variant):
+    """Without the last position (g == 0 there): Identity has T-1 rows per window, Bert-like never masks T-1,
+    and the inverse CE equals the reference computed on those rows."""
+    cfg = objective(grad_scale_tokens=1.0, mask_fraction=0.25, exclude_last_position=True)
+    ids = _ids(t=10)
+    protocol, grad_only = parse_variant(variant)
+    out = compute_objective(tiny, ids, variant, cfg, generator=_gen())
+    positions = draw_mask_positions(ids.shape[0], 9, cfg.mask_fraction, _gen()) if protocol == "bert_like" else None
+    logits, targets = reference.inverse_rows(tiny, ids, protocol, grad_only, 1.0, positions, exclude_last=True)
+    torch.testing.assert_close(out.inv_ce, reference.cross_entropy(logits, targets), **TOL)
+    assert out.inv_rows == (3 * 9 if protocol == "identity" else 3 * 2)
+    rows = inverse_rows(tiny, ids, protocol, cfg, generator=_gen())
+    assert int(rows.positions.max()) == 8 and rows.g.abs().amax(-1).min() > 0  # no zero-g row is left
+    tiny.zero_grad(set_to_none=True)
+
+
+def test_bert_like_masks_never_hit_the_last_position_when_excluded():
+    """Drawn over T-1 positions, the masks cover 0..T-2 and never T-1."""
+    positions = draw_mask_positions(4000, 9, 0.25, _gen(3))
+    assert set(positions.unique().tolist()) == set(range(9))
+
+
+def test_mask_placeholder_mask_puts_mask_and_matches_the_reference(tiny):
+    """mask_placeholder = mask: the masked positions hold <mask>, and the inverse CE equals the reference's."""
+    cfg = objective(grad_scale_tokens=1.0, mask_fraction=0.25, mask_placeholder="mask")
+    assert cfg.placeholder_id == MASK_ID and not cfg.frozen_pad_row
+    ids = _ids()
+    rows = inverse_rows(tiny, ids, "bert_like", cfg, generator=_gen())
+    torch.testing.assert_close(rows.x, tiny.model.embed_tokens.weight.detach()[MASK_ID].expand_as(rows.x))
+    out = compute_objective(tiny, ids, "bert_like", cfg, generator=_gen())
+    positions = draw_mask_positions(*ids.shape, cfg.mask_fraction, _gen())
+    logits, targets = reference.inverse_rows(tiny, ids, "bert_like", False, 1.0, positions, placeholder=MASK_ID)
+    torch.testing.assert_close(out.inv_ce, reference.cross_entropy(logits, targets), **TOL)
+    tiny.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("placeholder,trained", [("pad_frozen", False), ("pad_trainable", True), ("mask", True)])
+def test_placeholder_row_is_trained_unless_frozen(placeholder, trained):
+    """Through its lookup, the placeholder's embedding row gets gradient from the Bert-like inverse loss, except
+    the paper's frozen <pad> (HF's padding_idx row, zero at init); a trainable <pad> starts as an ordinary
+    initialised row. lambda_ce = 0 and a constant g leave the lookup as the only path into E (the tied head
+    would otherwise reach every row)."""
+    cfg = objective(lambda_ce=0.0, grad_scale_tokens=1.0, mask_fraction=0.25, mask_placeholder=placeholder)
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(), frozen_pad_row=cfg.frozen_pad_row).double()
+    row = model.model.embed_tokens.weight[cfg.placeholder_id]
+    assert (row.abs().max() > 0) == (placeholder != "pad_frozen")
+    ids = _ids().clamp(min=6)  # no special token among the inputs: only the mask puts the placeholder there
+    compute_objective(model, ids, "bert_like", cfg, generator=_gen(), create_graph=False).loss.backward()
+    grad = model.model.embed_tokens.weight.grad[cfg.placeholder_id]
+    assert (grad.abs().max() > 0) == trained
+
+
+def test_topk_counts_ties_and_nan_against_the_target():
+    """A row of equal logits is never correct, whatever its target's id; neither is a NaN row."""
+    logits = torch.zeros(4, 16)
+    targets = torch.tensor([0, 1, 5, 15])
+    assert topk_correct(logits, targets, (1, 5, 15, 16))[15].item() == 0
+    assert topk_correct(logits, targets, (16,))[16].item() == 4  # every tie is still within all 16
+    nan = torch.full((2, 16), float("nan"))
+    assert topk_correct(nan, torch.tensor([0, 3]), (1, 5))[5].item() == 0
 
 
 # ---- bookkeeping -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from ilm import faults
 from ilm.data import load_split
 from ilm.model import build_model
-from ilm.objectives import ObjectiveConfig
+from ilm.objectives import ObjectiveConfig, compute_objective
 from ilm.train import (
     LOG_COLUMNS,
     STALE_DIR_NAME,
@@ -216,6 +216,29 @@ def test_accumulated_gradient_equals_full_batch_gradient(variant):
         assert math.isfinite(stats["loss"])
     for full, accumulated in zip(*grads):
         torch.testing.assert_close(accumulated, full, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("double_backprop", [True, False])
+def test_training_gradient_follows_objective_double_backprop(double_backprop):
+    """objective.double_backprop decides whether the training gradient goes through g: with false it equals
+    the gradient of the objective with g a constant, and differs from the double-backprop one."""
+    ids = torch.randint(6, VOCAB, (4, WINDOW), generator=torch.Generator().manual_seed(2))
+    section = {**tiny_config()["objective"], "grad_scale_tokens": 1.0, "double_backprop": double_backprop}
+    objective = ObjectiveConfig.from_dict(section)
+
+    def gradient(create_graph=None):
+        model = _model()
+        model.zero_grad()
+        if create_graph is None:
+            accumulate_batch_gradients(model, ids, 4, "identity", objective)
+        else:
+            compute_objective(model, ids, "identity", objective, create_graph=create_graph).loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    trained = gradient()
+    torch.testing.assert_close(trained, gradient(create_graph=double_backprop), rtol=1e-6, atol=1e-9)
+    other = gradient(create_graph=not double_backprop)
+    assert (trained - other).norm() > 1e-3 * trained.norm()
 
 
 def test_one_step_with_micro_batches_equals_one_full_batch_step(tmp_path):

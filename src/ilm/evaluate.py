@@ -4,7 +4,9 @@ forward.json: next-token CE, perplexity and top-k accuracy on the plain test win
 GCG sees), the last position having no target. inverse.json: for each protocol (identity,
 bert_like, inv_first) the sorted top-k accuracy and CE of classifying input tokens from
 the variant's own projection (x - g, or g alone for the `*_grad` variants; the Baseline
-uses x - g), so every variant, the Baseline included, is measured the same way.
+uses x - g), so every variant, the Baseline included, is measured the same way; beside it the
+same accuracy without g (x alone, or 0), whose difference is what g carries, and the top-1
+accuracy at each position of the window.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ilm.data import load_split
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json
 from ilm.model import load_model, numerics, resolve_device
 from ilm.names import PROTOCOLS, parse_variant
-from ilm.objectives import ObjectiveConfig, inverse_logits, topk_correct
+from ilm.objectives import ObjectiveConfig, inverse_rows, project_to_vocab, topk_correct, topk_hits
 
 logger = logging.getLogger("ilm.evaluate")
 
@@ -87,27 +89,50 @@ def inverse_metrics(
     seed: int,
     device: torch.device,
 ) -> dict:
-    """Sorted top-k accuracy and CE of the inverse classification under one protocol (§1.5-§1.7, §6.1).
+    """Top-k accuracy and CE of the inverse classification under one protocol, with and without g (§1.5-§1.7, §6.1).
 
-    g is taken without double backprop; the Bert-like masks come from a generator seeded
-    with `seed`, so the result is deterministic.
+    With g, v = x - g (g alone for the `*_grad` variants); `without_g` classifies the same rows
+    from x alone (from 0 for `*_grad`, which is chance), so the difference is what g carries.
+    `by_position` gives the rows and the top-1 accuracy (with g) at each position of the window.
+    g is taken without double backprop; the Bert-like masks come from a generator seeded with
+    `seed`, so the result is deterministic.
     """
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    ce_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in ks}
+    seq_len = windows.shape[1]
+    ce_sum = {with_g: torch.zeros((), dtype=torch.float64, device=device) for with_g in (True, False)}
+    correct = {with_g: {k: torch.zeros((), dtype=torch.long, device=device) for k in ks} for with_g in (True, False)}
+    rows_at = torch.zeros(seq_len, dtype=torch.long, device=device)
+    top1_at = torch.zeros(seq_len, dtype=torch.long, device=device)
     rows = 0
     for ids in _batches(windows, batch_size, device, f"inverse {protocol}"):  # (B, T)
-        _, logits, targets = inverse_logits(
-            model, ids, protocol, gradient_only, objective_cfg, generator=generator, create_graph=False
-        )  # (M, V), (M,)
-        ce_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
-        for k, hits in topk_correct(logits, targets, ks).items():
-            correct[k] += hits
-        rows += targets.numel()
-    out = {f"top{k}": int(correct[k]) / rows for k in ks}
-    out.update({"ce": float(ce_sum) / rows, "rows": rows})
-    return out
+        inv = inverse_rows(model, ids, protocol, objective_cfg, generator=generator)  # M rows
+        for with_g in (True, False):
+            logits = project_to_vocab(model, inv.vectors(gradient_only, with_g)).float()  # (M, V)
+            ce_sum[with_g] += F.cross_entropy(logits, inv.targets, reduction="sum").double()
+            hits = topk_hits(logits, inv.targets, sorted(set(ks) | {1}))  # k -> (M,) bool
+            for k in ks:
+                correct[with_g][k] += hits[k].sum()
+            if with_g:
+                rows_at += torch.bincount(inv.positions, minlength=seq_len)
+                top1_at += torch.bincount(inv.positions, weights=hits[1].double(), minlength=seq_len).long()
+        rows += inv.targets.numel()
+
+    def summary(with_g: bool) -> dict:
+        out = {f"top{k}": int(correct[with_g][k]) / rows for k in ks}
+        out["ce"] = float(ce_sum[with_g]) / rows
+        return out
+
+    rows_at, top1_at = rows_at.tolist(), top1_at.tolist()
+    return {
+        **summary(True),
+        "rows": rows,
+        "without_g": summary(False),
+        "by_position": {
+            "rows": rows_at,
+            "top1": [hits / n if n else None for hits, n in zip(top1_at, rows_at)],
+        },
+    }
 
 
 def _check_test_windows(data_dir: Path, windows: np.ndarray, model: torch.nn.Module) -> None:
@@ -177,5 +202,5 @@ def evaluate(
     logger.info(
         "%s: forward ce %.4f (ppl %.2f, %s %.3f) | inverse %s %s",
         variant, forward["ce"], forward["perplexity"], first, forward[first], first,
-        ", ".join(f"{p} {inverse[p][first]:.3f}" for p in PROTOCOLS),
+        ", ".join(f"{p} {inverse[p][first]:.3f} (without g {inverse[p]['without_g'][first]:.3f})" for p in PROTOCOLS),
     )

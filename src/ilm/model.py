@@ -12,13 +12,17 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from ilm.names import BOS_ID, EOS_ID, PAD_ID
 
 
-def llama_config(model_cfg: Mapping) -> LlamaConfig:
-    """A LlamaConfig from the `model:` section; eager attention, which supports double backprop."""
+def llama_config(model_cfg: Mapping, frozen_pad_row: bool = True) -> LlamaConfig:
+    """A LlamaConfig from the `model:` section; eager attention, which supports double backprop.
+
+    frozen_pad_row: pad_token_id = <pad>, which HF makes the embedding's padding_idx row (zero at
+    init, no gradient), as the paper's models; False leaves <pad> an ordinary, trained row.
+    """
     return LlamaConfig(
         **dict(model_cfg),
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
-        pad_token_id=PAD_ID,
+        pad_token_id=PAD_ID if frozen_pad_row else None,
         attention_bias=False,
         mlp_bias=False,
         attention_dropout=0.0,
@@ -27,9 +31,9 @@ def llama_config(model_cfg: Mapping) -> LlamaConfig:
     )
 
 
-def build_model(model_cfg: Mapping) -> LlamaForCausalLM:
+def build_model(model_cfg: Mapping, frozen_pad_row: bool = True) -> LlamaForCausalLM:
     """A freshly initialised model (HF Llama init: N(0, 0.02²) weights, unit norms); seed first."""
-    return LlamaForCausalLM(llama_config(model_cfg))
+    return LlamaForCausalLM(llama_config(model_cfg, frozen_pad_row))
 
 
 def load_model(path: Path | str, device: torch.device | str = "cpu") -> LlamaForCausalLM:

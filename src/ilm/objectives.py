@@ -11,8 +11,9 @@ Conventions that differ from the paper's code (docs/method.md §0):
 * Bert-like projects the <pad> embedding minus g, not the integer pad id minus g (§9.1.3);
 * top-k inverse accuracy uses a sorted top-k (§9.6.1).
 
-Under `create_graph=True` (training) g keeps its graph and the loss is back-propagated
-through it (double backprop). With `create_graph=False` g is a constant. Called under
+Under `create_graph=True` (training with `objective.double_backprop`, the default) g keeps its
+graph and the loss is back-propagated through it (double backprop). With `create_graph=False`
+g is a constant: the control that isolates the second-order term. Called under
 `torch.no_grad()` (evaluation), g is still computed (grad mode is switched on locally, the
 gradient is taken with respect to the embeddings only, so no parameter `.grad` is touched)
 and every returned tensor is detached.
@@ -28,7 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from ilm.config import ConfigSection
-from ilm.names import BOS_ID, PAD_ID, PROTOCOLS, VARIANTS, check_protocol, parse_variant  # noqa: F401 (re-exported)
+from ilm.names import (  # noqa: F401 (PROTOCOLS, VARIANTS re-exported)
+    BOS_ID,
+    MASK_ID,
+    PAD_ID,
+    PROTOCOLS,
+    VARIANTS,
+    check_protocol,
+    parse_variant,
+)
 
 @dataclass(frozen=True)
 class ObjectiveConfig(ConfigSection):
@@ -38,7 +47,37 @@ class ObjectiveConfig(ConfigSection):
     lambda_ce: float  # weight of the forward next-token CE
     lambda_inv: float  # weight of the inverse CE (the paper's lambda_pag)
     grad_scale_tokens: float  # g = d(sum CE)/dx / this; 65536 = the paper's 256x256 micro-batch mean
-    mask_fraction: float  # Bert-like: share of positions replaced by <pad>, at least one
+    mask_fraction: float  # Bert-like: share of positions replaced by the placeholder, at least one
+    double_backprop: bool  # train through g (the paper) or treat g as a constant (a control)
+    mask_placeholder: str  # pad_frozen | pad_trainable | mask: Bert-like's placeholder row
+    exclude_last_position: bool  # leave the last position (g == 0) out of Identity rows and Bert-like masks
+
+    @property
+    def placeholder_id(self) -> int:
+        """The token id Bert-like puts at the masked positions."""
+        return MASK_ID if self.mask_placeholder == "mask" else PAD_ID
+
+    @property
+    def frozen_pad_row(self) -> bool:
+        """Whether the model's <pad> row is HF's padding_idx row: zero at init, no gradient (the paper)."""
+        return self.mask_placeholder == "pad_frozen"
+
+
+@dataclass
+class InverseRows:
+    """The rows one inverse protocol classifies: x and g at those rows, the true ids, and their positions."""
+
+    ce: torch.Tensor  # forward CE mean of the pass the protocol differentiates
+    x: torch.Tensor  # (M, d) input embeddings at the rows (the placeholder's row for bert_like / inv_first)
+    g: torch.Tensor  # (M, d) g at the rows
+    targets: torch.Tensor  # (M,) the original token ids
+    positions: torch.Tensor  # (M,) the position of each row in its window
+
+    def vectors(self, gradient_only: bool, with_g: bool = True) -> torch.Tensor:
+        """v: x - g (or g alone for the `*_grad` variants); without g, x (or 0): what g adds is the difference."""
+        if with_g:
+            return _combine(self.x, self.g, gradient_only)
+        return torch.zeros_like(self.x) if gradient_only else self.x
 
 
 @dataclass
@@ -103,9 +142,10 @@ def mask_count(seq_len: int, mask_fraction: float) -> int:
 def draw_mask_positions(
     batch: int, seq_len: int, mask_fraction: float, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
-    """Bert-like positions: k per sequence, uniform without replacement (§1.6).
+    """Bert-like positions among 0..seq_len-1: k per sequence, uniform without replacement (§1.6).
 
     -> (N, k), on the generator's device (CPU without one), so a seed draws the same mask anywhere.
+    With `objective.exclude_last_position` the caller passes seq_len = T - 1.
     """
     k = mask_count(seq_len, mask_fraction)
     device = generator.device if generator is not None else torch.device("cpu")
@@ -113,9 +153,9 @@ def draw_mask_positions(
     return scores.argsort(dim=1)[:, :k]  # (N, k)
 
 
-def apply_mask(input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """A copy of `input_ids` (N, T) with <pad> at `positions` (N, k) (§1.6)."""
-    return input_ids.scatter(1, positions.to(input_ids.device), PAD_ID)
+def apply_mask(input_ids: torch.Tensor, positions: torch.Tensor, placeholder_id: int = PAD_ID) -> torch.Tensor:
+    """A copy of `input_ids` (N, T) with the placeholder (<pad> by default) at `positions` (N, k) (§1.6)."""
+    return input_ids.scatter(1, positions.to(input_ids.device), placeholder_id)
 
 
 def _input_gradient(
@@ -145,29 +185,32 @@ def _inverse_pass(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
     protocol: str,
-    gradient_only: bool,
     cfg: ObjectiveConfig,
     generator: Optional[torch.Generator],
     create_graph: bool,
     retain_graph: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(forward CE mean of the protocol's pass, inverse logits (M, V), targets (M,)); grad mode on."""
+) -> InverseRows:
+    """x, g, targets and positions of the rows one protocol classifies; grad mode on."""
+    n, t = input_ids.shape
+    d = model.config.hidden_size
     targets_next = input_ids[:, 1:]  # (N, T-1): always the original tokens
     if protocol == "identity":  # §1.5: every position classifies its own token
         x = embed(model, input_ids)  # (N, T, d)
         ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
         g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
-        v = _combine(x, g, gradient_only).reshape(-1, x.shape[-1])  # (N*T, d)
-        targets = input_ids.reshape(-1)  # (N*T,)
-    elif protocol == "bert_like":  # §1.6: k positions -> <pad>, classify the originals there
-        n, t = input_ids.shape
-        positions = draw_mask_positions(n, t, cfg.mask_fraction, generator).to(input_ids.device)  # (N, k)
-        masked_ids = apply_mask(input_ids, positions)  # (N, T)
-        x = embed(model, masked_ids)  # (N, T, d); x[b, positions[b]] == E[pad]
+        keep = t - 1 if cfg.exclude_last_position else t  # the last position's g is exactly 0
+        positions = torch.arange(keep, device=input_ids.device).expand(n, keep)  # (N, T')
+        x_rows, g_rows = x[:, :keep].reshape(-1, d), g[:, :keep].reshape(-1, d)  # (N*T', d)
+        targets = input_ids[:, :keep].reshape(-1)  # (N*T',)
+    elif protocol == "bert_like":  # §1.6: k positions -> placeholder, classify the originals there
+        eligible = t - 1 if cfg.exclude_last_position else t
+        positions = draw_mask_positions(n, eligible, cfg.mask_fraction, generator).to(input_ids.device)  # (N, k)
+        masked_ids = apply_mask(input_ids, positions, cfg.placeholder_id)  # (N, T)
+        x = embed(model, masked_ids)  # (N, T, d); x[b, positions[b]] == E[placeholder]
         ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
         g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
-        rows = positions.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # (N, k, d)
-        v = _combine(x.gather(1, rows), g.gather(1, rows), gradient_only).reshape(-1, x.shape[-1])  # (N*k, d)
+        rows = positions.unsqueeze(-1).expand(-1, -1, d)  # (N, k, d)
+        x_rows, g_rows = x.gather(1, rows).reshape(-1, d), g.gather(1, rows).reshape(-1, d)  # (N*k, d)
         targets = input_ids.gather(1, positions).reshape(-1)  # (N*k,)
     elif protocol == "inv_first":  # §1.7: position 0 -> <s>, classify the original first token
         bos_ids = input_ids.clone()
@@ -175,11 +218,29 @@ def _inverse_pass(
         x = embed(model, bos_ids)  # (N, T, d)
         ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
         g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
-        v = _combine(x[:, 0], g[:, 0], gradient_only)  # (N, d)
+        positions = torch.zeros((n, 1), dtype=torch.long, device=input_ids.device)  # (N, 1)
+        x_rows, g_rows = x[:, 0], g[:, 0]  # (N, d)
         targets = input_ids[:, 0]  # (N,)
     else:
         raise AssertionError(f"unchecked protocol {protocol!r}")
-    return ce.mean(), project_to_vocab(model, v), targets
+    return InverseRows(ce=ce.mean(), x=x_rows, g=g_rows, targets=targets, positions=positions.reshape(-1))
+
+
+def inverse_rows(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    protocol: str,
+    cfg: ObjectiveConfig,
+    generator: Optional[torch.Generator] = None,
+) -> InverseRows:
+    """x, g, targets and positions of one protocol's rows, detached (evaluation, §6.1)."""
+    check_protocol(protocol)
+    _check_input_ids(input_ids)
+    with torch.enable_grad():
+        rows = _inverse_pass(model, input_ids, protocol, cfg, generator, create_graph=False, retain_graph=False)
+    return InverseRows(
+        ce=rows.ce.detach(), x=rows.x.detach(), g=rows.g.detach(), targets=rows.targets, positions=rows.positions
+    )
 
 
 def inverse_logits(
@@ -202,10 +263,10 @@ def inverse_logits(
     _check_input_ids(input_ids)
     track = torch.is_grad_enabled()
     with torch.enable_grad():
-        ce, logits, targets = _inverse_pass(
-            model, input_ids, protocol, gradient_only, cfg, generator, create_graph,
-            retain_graph=create_graph or track,
+        rows = _inverse_pass(
+            model, input_ids, protocol, cfg, generator, create_graph, retain_graph=create_graph or track
         )
+        ce, logits, targets = rows.ce, project_to_vocab(model, rows.vectors(gradient_only)), rows.targets
     if not track:
         ce, logits = ce.detach(), logits.detach()
     return ce, logits, targets
@@ -213,15 +274,24 @@ def inverse_logits(
 
 @torch.no_grad()
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Tensor]:
-    """k -> number of rows whose target is among the k largest logits (sorted top-k, §9.6.1).  logits (M, V)"""
+    """k -> number of rows whose target is among the k largest logits (§9.6.1).  logits (M, V)
+
+    A tie counts against the target: its rank is the number of other logits >= its own, so a
+    row of equal logits (v = 0 projects to all-zero logits) is never correct.
+    """
+    return {k: hits.sum() for k, hits in topk_hits(logits, targets, ks).items()}
+
+
+@torch.no_grad()
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[int, torch.Tensor]:
+    """k -> (M,) bool: whether each row's target is among the k largest logits, ties counted against."""
     if any(k < 1 for k in ks):
         raise ValueError(f"top-k values must be >= 1, got {list(ks)}")
     if not ks:
         return {}
-    largest = min(max(ks), logits.shape[-1])
-    top = logits.topk(largest, dim=-1, sorted=True).indices  # (M, K)
-    hits = top == targets.unsqueeze(-1)  # (M, K); at most one True per row
-    return {k: hits[:, :k].any(dim=-1).sum() for k in ks}
+    target_logit = logits.gather(1, targets.unsqueeze(-1))  # (M, 1)
+    rank = (~(logits < target_logit)).sum(dim=-1) - 1  # (M,): other logits at least as large (NaN counts too)
+    return {k: rank < k for k in ks}
 
 
 def compute_objective(
@@ -250,12 +320,12 @@ def compute_objective(
             loss = cfg.lambda_ce * ce
             inv_ce, inv_correct, inv_rows = None, {}, 0
         else:
-            pass_ce, logits, targets = _inverse_pass(
-                model, input_ids, protocol, gradient_only, cfg, generator, create_graph,
-                retain_graph=create_graph or track,
+            rows = _inverse_pass(
+                model, input_ids, protocol, cfg, generator, create_graph, retain_graph=create_graph or track
             )
+            logits, targets = project_to_vocab(model, rows.vectors(gradient_only)), rows.targets
             if protocol != "bert_like":
-                ce = pass_ce
+                ce = rows.ce
             inv_ce = F.cross_entropy(_upcast(logits), targets)
             loss = cfg.lambda_ce * ce + cfg.lambda_inv * inv_ce
             inv_correct = topk_correct(logits, targets, top_k)

@@ -217,7 +217,8 @@ def accumulate_batch_gradients(
         share = micro.shape[0] / n
         with _autocast(batch_ids.device, precision):
             out = compute_objective(
-                model, micro, variant, objective_cfg, generator=generator, create_graph=True, top_k=()
+                model, micro, variant, objective_cfg, generator=generator,
+                create_graph=objective_cfg.double_backprop, top_k=(),
             )
         (out.loss * share).backward()
         parts = {"loss": out.loss.detach(), "ce": out.ce}
@@ -298,10 +299,15 @@ class Run:
     best_state: Optional[dict[str, torch.Tensor]] = None  # CPU copy of the best weights so far
 
 
-def new_run(model_cfg: Mapping, cfg: TrainConfig, total_steps: int, device: torch.device) -> Run:
-    """A freshly initialised model, AdamW (all parameters decayed, §9.1.9) and the LR schedule."""
+def new_run(
+    model_cfg: Mapping, cfg: TrainConfig, total_steps: int, device: torch.device, frozen_pad_row: bool = True
+) -> Run:
+    """A freshly initialised model, AdamW (all parameters decayed, §9.1.9) and the LR schedule.
+
+    frozen_pad_row: <pad> is HF's padding_idx row (zero, no gradient; objective.mask_placeholder).
+    """
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg, frozen_pad_row=frozen_pad_row).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # Linear warm-up, then linear decay to 0 at the last step: the paper's schedule (§2.2), from transformers.
@@ -579,7 +585,7 @@ def train(
     device = resolve_device(cfg.device)
     configure_matmul_precision(device, cfg.allow_tf32)
 
-    run = new_run(config["model"], cfg, schedule.total, device)
+    run = new_run(config["model"], cfg, schedule.total, device, frozen_pad_row=objective_cfg.frozen_pad_row)
     fingerprint = run_fingerprint(config, variant, data.fingerprints)
     resume(run, checkpoint_dir, fingerprint, device, strict_resume)
     progress = run.progress
