@@ -33,7 +33,8 @@ def write_eval_metrics(root: Path, variant: str, ce: float, acc: float) -> Path:
     (d / "forward.json").write_text(json.dumps({"ce": ce, "perplexity": math.exp(ce), "top1": acc, "top3": acc + 0.1,
                                                 "top5": acc + 0.2, "tokens": 1000, "meta": {}}))
     inverse = {p: {"top1": acc / (i + 2), "top3": acc / (i + 2) + 0.1, "top5": acc / (i + 2) + 0.2, "ce": 3.0 + i,
-                   "rows": 10} for i, p in enumerate(("identity", "bert_like", "inv_first"))}
+                   "rows": 10, "without_g": {"top1": acc / (i + 4), "top3": 0.5, "top5": 0.6, "ce": 4.0}}
+               for i, p in enumerate(("identity", "bert_like", "inv_first"))}
     (d / "inverse.json").write_text(json.dumps({**inverse, "meta": {}}))
     return d
 
@@ -65,6 +66,20 @@ def test_inverse_table_cells_follow_each_protocol(tmp_path):
     for i, protocol in enumerate(["Identity", "Bert-like", "Inv-First"]):
         assert df[f"{protocol} top-1 (%)"].tolist() == pytest.approx([40.0 / (i + 2), 60.0 / (i + 2)])
         assert df[f"{protocol} top-5 (%)"].tolist() == pytest.approx([40.0 / (i + 2) + 20, 60.0 / (i + 2) + 20])
+        assert df[f"{protocol} top-1 without g (%)"].tolist() == pytest.approx([40.0 / (i + 4), 60.0 / (i + 4)])
+        assert df[f"{protocol} top-1 g adds (pts)"].tolist() == pytest.approx(
+            [40.0 / (i + 2) - 40.0 / (i + 4), 60.0 / (i + 2) - 60.0 / (i + 4)]
+        )
+
+
+def test_inverse_table_refuses_metrics_without_the_no_g_accuracy(tmp_path):
+    """inverse.json from before `without_g` existed: a clear error asking to rerun the evaluation."""
+    path = write_eval_metrics(tmp_path, "base", 1.0, 0.4) / "inverse.json"
+    metrics = json.loads(path.read_text())
+    del metrics["bert_like"]["without_g"]
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match=r"base lack the 'bert_like' protocol or its accuracy without g; rerun"):
+        inverse_accuracy.build([path])
 
 
 def test_latex_escapes_headers_captions_and_cells():

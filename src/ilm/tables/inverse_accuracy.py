@@ -13,17 +13,24 @@ from ilm.tables.forward_quality import topk_keys
 
 
 def build(paths: Sequence[Path]) -> pd.DataFrame:
-    """One row per variant (paper order): inverse top-k accuracy (%) under each of the three protocols."""
+    """One row per variant (paper order): under each of the three protocols, inverse top-k accuracy (%),
+    the top-1 accuracy without g (x alone, or 0 for `*_grad`), and what g adds to it (points)."""
     by_variant = read_json_by_variant(paths)
     rows = []
     for variant in order_variants(by_variant):
         m = by_variant[variant]
         row = {"Model": variant_name(variant)}
         for protocol in PROTOCOLS:
-            if protocol not in m:
-                raise ValueError(f"inverse metrics of {variant} lack the {protocol!r} protocol; rerun `ilm evaluate`")
+            if protocol not in m or "without_g" not in m[protocol]:
+                raise ValueError(
+                    f"inverse metrics of {variant} lack the {protocol!r} protocol or its accuracy without g; "
+                    "rerun `ilm evaluate` for it"
+                )
+            name = variant_name(protocol)
             for k in topk_keys(m[protocol]):
-                row[f"{variant_name(protocol)} top-{k[3:]} (%)"] = 100.0 * m[protocol][k]
+                row[f"{name} top-{k[3:]} (%)"] = 100.0 * m[protocol][k]
+            row[f"{name} top-1 without g (%)"] = 100.0 * m[protocol]["without_g"]["top1"]
+            row[f"{name} top-1 g adds (pts)"] = 100.0 * (m[protocol]["top1"] - m[protocol]["without_g"]["top1"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -33,6 +40,9 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=Non
         build(inputs),
         out_stem,
         digits=2,
-        caption="Inverse top-k accuracy on the test split under the three inversion protocols.",
+        caption=(
+            "Inverse top-k accuracy on the test split under the three inversion protocols, the top-1 accuracy "
+            "of the same rows without g (v = x, or 0 for the gradient-only variants), and what g adds."
+        ),
         label="tab:inverse-accuracy",
     )
