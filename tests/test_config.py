@@ -19,6 +19,7 @@ from ilm.config import (
 from ilm.evaluate import EvaluateConfig
 from ilm.gcg import GCGConfig
 from ilm.objectives import ObjectiveConfig
+from ilm.stats import StatisticsConfig
 from ilm.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,7 +200,7 @@ def test_dataclasses_take_every_default_from_the_schema():
     """Each component dataclass has no default of its own; built from {} it holds exactly the schema's defaults."""
     import dataclasses
 
-    for cls in (ObjectiveConfig, TrainConfig, EvaluateConfig, GCGConfig):
+    for cls in (ObjectiveConfig, TrainConfig, EvaluateConfig, GCGConfig, StatisticsConfig):
         fields = dataclasses.fields(cls)
         assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
         defaults = schema_defaults(cls.SECTION)
@@ -213,6 +214,20 @@ def test_dataclasses_take_every_default_from_the_schema():
         TrainConfig.from_dict({"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="train.batch_size \\(100\\) must be a multiple"):
         TrainConfig.from_dict({"batch_size": 100})
+
+
+def test_statistics_defaults_and_ranges():
+    """The statistics section fills its defaults; a level of 0 or 1, or too few resamples, fail naming the key."""
+    assert validate_config({})["statistics"] == {"confidence": 0.95, "bootstrap_resamples": 1000, "seed": 0}
+    for confidence in (0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="statistics.confidence"):
+            validate_config({"statistics": {"confidence": confidence}})
+    with pytest.raises(ValueError, match="statistics.bootstrap_resamples"):
+        validate_config({"statistics": {"bootstrap_resamples": 50}})
+    with pytest.raises(ValueError, match="statistics.seed"):
+        validate_config({"statistics": {"seed": -1}})
+    for stage in ("summarise_gcg", "tabulate_gcg_summary", "plot_gcg_success_rate", "evaluate_model"):
+        assert stage_slice(validate_config({}), stage)["statistics"]["confidence"] == 0.95, stage
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 
 from ilm.config import validate_config
-from ilm.gcg_summary import WILSON_Z, summarise_shards, wilson_interval
+from ilm.gcg_summary import summarise_shards
 
 STEPS = 4
 MODEL_SHA = "a" * 64
 
 
-def config(**gcg) -> dict:
+def config(statistics=None, **gcg) -> dict:
     base = dict(prefix_length=2, target_length=2, steps=STEPS, iterations=[1, 2, 4], examples=2)
-    return validate_config({"gcg": {**base, **gcg}})
+    return validate_config({"gcg": {**base, **gcg}, "statistics": statistics or {}})
 
 
 def record(sample: int, orig: float, trajectory: list[float], best_step: int, kl: float = 0.5) -> dict:
@@ -88,6 +88,7 @@ def test_sweep_arithmetic_both_definitions(tmp_path):
     # Published Wilson 95 % interval of 3/4: (0.3006, 0.9544).
     assert sweep.loc[4, "success_low"] == pytest.approx(0.3006, abs=1e-4)
     assert sweep.loc[4, "success_high"] == pytest.approx(0.9544, abs=1e-4)
+    assert (sweep["confidence"] == 0.95).all()  # statistics.confidence's default, recorded with the interval
 
     per_sample = pd.read_csv(per_sample_csv)
     assert per_sample["sample"].tolist() == [0, 1, 2, 3]
@@ -97,14 +98,14 @@ def test_sweep_arithmetic_both_definitions(tmp_path):
     assert per_sample["attack_ids"].tolist() == ["10 11"] * 4
 
 
-@pytest.mark.parametrize("successes, n", [(0, 5), (3, 4), (7, 7), (12, 40)])
-def test_wilson_bounds_solve_the_score_equation(successes, n):
-    """Each Wilson bound p solves (p_hat - p)^2 = z^2 p (1 - p) / n, the definition of the score interval."""
-    p_hat = successes / n
-    low, high = wilson_interval(successes, n)
-    assert 0 <= low <= p_hat <= high <= 1
-    for p in (low, high):
-        assert (p_hat - p) ** 2 == pytest.approx(WILSON_Z**2 * p * (1 - p) / n, rel=1e-9, abs=1e-12)
+def test_sweep_interval_follows_statistics_confidence(tmp_path):
+    """statistics.confidence 0.9 gives the 90 % Wilson interval of 3/4, (0.3562, 0.9421) (z = 1.6449), and records it."""
+    shards = write_shards(tmp_path / "gcg", RECORDS)
+    sweep_csv = tmp_path / "sweep.csv"
+    summarise_shards(shards, "base", tmp_path / "a.csv", sweep_csv, config({"confidence": 0.9}), plan=plan_of(RECORDS))
+    final = pd.read_csv(sweep_csv).set_index("iterations").loc[4]
+    assert (final["success_low"], final["success_high"]) == pytest.approx((0.3562, 0.9421), abs=1e-4)
+    assert final["confidence"] == 0.9
 
 
 def test_merge_rejects_duplicates_and_wrong_lengths(tmp_path):

@@ -15,6 +15,7 @@ from ilm.config import validate_config
 from ilm.figures.gcg_success_rate import draw
 from ilm.gcg_summary import summarise_shards
 from ilm.names import SPECIAL_TOKENS
+from ilm.stats import StatisticsConfig
 from ilm.tables import gcg_examples, gcg_summary, inverse_accuracy, table_module
 from ilm.tables.common import to_latex, to_markdown
 
@@ -138,7 +139,63 @@ def test_gcg_summary_table_against_the_records(tmp_path):
     assert table.iloc[1]["Success 95% low"] == pytest.approx(0.0, abs=1e-9)
     tex = stem.with_suffix(".tex").read_text()
     assert r"Success (\%)" in tex and r"Success 95\% low" in tex and "after 4 iterations" in tex
-    assert list(gcg_summary.build(pd.read_csv(base)).columns) == list(table.columns)
+    assert list(gcg_summary.build(pd.read_csv(base), StatisticsConfig.from_dict({})).columns) == list(table.columns)
+    assert "on 4 attacked samples per variant" not in tex  # Bert-like has 3 samples, the Baseline 4
+    assert "Wilson interval" in tex and "bootstrap" in tex and "McNemar" in tex
+
+
+def per_sample_frame(variant: str, successes: list[bool], samples: list[int], attack_loss: list[float]) -> pd.DataFrame:
+    """A per-sample GCG frame as gcg.csv holds it: original loss 2.0, success as given."""
+    return pd.DataFrame({"variant": variant, "sample": samples, "orig_loss": 2.0, "attack_loss": attack_loss,
+                         "delta_loss": [2.0 - a for a in attack_loss], "success": successes, "kl": 0.5})
+
+
+def test_gcg_summary_paired_test_against_the_baseline():
+    """On 6 shared samples the Baseline succeeds on 0-3, Identity on 3-4: Base only b = 3 (samples 0, 1, 2),
+    Variant only c = 1 (sample 4), exact McNemar p = 2 * (C(4,0) + C(4,1)) / 2^4 = 0.625; the Baseline's cells are empty."""
+    base = per_sample_frame("base", [True, True, True, True, False, False], list(range(6)), [1.0] * 6)
+    identity = per_sample_frame("identity", [False, False, False, True, True, False], list(range(6)),
+                                [3.0, 3.0, 3.0, 1.0, 1.0, 3.0])
+    stats = StatisticsConfig.from_dict({})
+    table = gcg_summary.build(pd.concat([identity, base]), stats).set_index("Model")
+    assert table.loc["Identity", "Paired n"] == 6
+    assert table.loc["Identity", "Base only"] == 3 and table.loc["Identity", "Variant only"] == 1
+    assert table.loc["Identity", "McNemar p"] == pytest.approx(0.625, rel=1e-12)
+    assert table.loc["Baseline", ["Paired n", "Base only", "Variant only", "McNemar p"]].isna().all()
+    # Bootstrap over samples: a constant loss gives a zero-width interval; Identity's attack losses are
+    # 1.0 or 3.0, so its interval lies within [1, 3] around the mean 7/3.
+    assert (table.loc["Baseline", "Attack loss 95% low"], table.loc["Baseline", "Attack loss 95% high"]) == (1.0, 1.0)
+    low, high = table.loc["Identity", "Attack loss 95% low"], table.loc["Identity", "Attack loss 95% high"]
+    assert 1.0 <= low < 7 / 3 < high <= 3.0
+    assert table.loc["Identity", "Delta loss 95% low"] == pytest.approx(2.0 - high)  # delta = 2 - attack, same draws
+
+    # Partly shared samples are paired on the shared ones: Bert-like holds samples 4..9, shares 4 and 5.
+    bert = per_sample_frame("bert_like", [True] * 6, list(range(4, 10)), [1.0] * 6)
+    row = gcg_summary.build(pd.concat([base, bert]), stats).set_index("Model").loc["Bert-like"]
+    assert (row["Paired n"], row["Base only"], row["Variant only"]) == (2, 0, 2)
+    assert row["McNemar p"] == pytest.approx(2 * 0.5**2)
+    caption = gcg_summary._caption(pd.concat([base, bert]), 4, stats)
+    assert "Bert-like and the Baseline were attacked on different samples" in caption
+    assert "on 6 attacked samples per variant" in caption
+
+    # No shared sample is refused; without the Baseline the paired columns are left out.
+    disjoint = per_sample_frame("inv_first", [True] * 2, [20, 21], [1.0] * 2)
+    with pytest.raises(ValueError, match="share no attacked sample"):
+        gcg_summary.build(pd.concat([base, disjoint]), stats)
+    alone = gcg_summary.build(pd.concat([identity, disjoint]), stats)
+    assert not set(gcg_summary.PAIRED_COLUMNS) & set(alone.columns)
+
+
+def test_gcg_summary_columns_name_the_configured_level(tmp_path):
+    """statistics.confidence 0.9 names the interval columns "90%" and the Wilson bounds are the 90 % ones."""
+    base = summarise(tmp_path, "base", RECORDS)[0]
+    stem = tmp_path / "tables" / "gcg_summary"
+    gcg_summary.write([base], stem, validate_config({**config(), "statistics": {"confidence": 0.9}}))
+    table = pd.read_csv(stem.with_suffix(".csv"))
+    assert "Success 90% low" in table and "Attack loss 90% high" in table and "Success 95% low" not in table
+    # 90 % Wilson interval of 3/4, by hand with z = 1.6449: (0.3562, 0.9421).
+    assert (table.loc[0, "Success 90% low"], table.loc[0, "Success 90% high"]) == pytest.approx((35.62, 94.21), abs=0.01)
+    assert r"90\% Wilson interval" in stem.with_suffix(".tex").read_text()
 
 
 def word_tokenizer(path: Path) -> Path:
@@ -187,6 +244,9 @@ def test_figure_has_one_line_and_band_per_variant(tmp_path):
     assert ax.lines[0].get_marker() != ax.lines[1].get_marker()
     assert list(ax.lines[0].get_ydata()) == pytest.approx([25.0, 75.0, 75.0])
     assert len(ax.collections) == 2  # one 95 % band per variant
+    assert ax.get_legend().get_title().get_text().endswith("bands: 95% Wilson CI")
+    with pytest.raises(ValueError, match="intervals at confidence 0.95 but statistics.confidence is 0.9"):
+        draw(sweeps, tmp_path / "figures" / "other", validate_config({**config(), "statistics": {"confidence": 0.9}}))
 
 
 def test_missing_metric_file_and_unknown_table_are_clear_errors(tmp_path, capsys):

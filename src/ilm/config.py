@@ -64,18 +64,18 @@ STAGES: dict[str, Scope] = {
     "download_data": Scope(("data.source", "data.revision")),
     "prepare_data": Scope(("data",)),
     "train_model": Scope(("data", "model", "objective", "train")),
-    "evaluate_model": Scope(("data", "model", "objective", "evaluate")),
+    "evaluate_model": Scope(("data", "model", "objective", "evaluate", "statistics")),
     "select_gcg_samples": Scope(
         ("data.window", "gcg.prefix_length", "gcg.target_length", "gcg.fraction", "gcg.count", "gcg.sample_seed",
          "gcg.shards")
     ),
     "attack_gcg_shard": Scope(("data", "model", "gcg"), drop=("gcg.iterations", "gcg.examples")),
-    "summarise_gcg": Scope(("gcg",), drop=("gcg.examples",)),
+    "summarise_gcg": Scope(("gcg", "statistics"), drop=("gcg.examples",)),
     "tabulate_forward_quality": Scope(()),
     "tabulate_inverse_accuracy": Scope(()),
-    "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps")),
+    "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps", "statistics")),
     "tabulate_gcg_examples": Scope(("gcg.examples",)),
-    "plot_gcg_success_rate": Scope(("gcg.iterations", "gcg.steps")),
+    "plot_gcg_success_rate": Scope(("gcg.iterations", "gcg.steps", "statistics")),
 }
 
 

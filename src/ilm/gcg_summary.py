@@ -7,14 +7,14 @@ record must come from the model being summarised.
 Success at budget s (docs/method.md §0): the best-so-far attack after s steps has target CE
 <= the original prefix's, i.e. trajectory[s-1] <= orig_loss. The paper's post-hoc definition
 (final best attack first reached within s steps, and finally successful) is reported beside
-it as `success_rate_posthoc`. Each rate carries its sample count and a 95 % Wilson interval.
+it as `success_rate_posthoc`. Each rate carries its sample count and a Wilson interval at the level
+`statistics.confidence` (ilm.stats), which the `confidence` column records.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -22,26 +22,16 @@ import numpy as np
 import pandas as pd
 
 from ilm.io import model_fingerprint, write_text
+from ilm.stats import StatisticsConfig, wilson_interval
 
 log = logging.getLogger("ilm.gcg_summary")
 
 ID_COLUMNS = ("prefix_ids", "target_ids", "attack_ids")
-WILSON_Z = 1.959963984540054  # two-sided 95 %
 
 
 def budget_column(iterations: int) -> str:
     """Per-sample column holding the best-so-far loss after `iterations` steps."""
     return f"best_loss_{iterations}"
-
-
-def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (NaN, NaN without samples)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def read_shard(path: Path) -> list[dict]:
@@ -122,8 +112,11 @@ def per_sample_table(records: list[dict], variant: str, iterations: Sequence[int
     return pd.DataFrame(rows, columns=columns)
 
 
-def sweep_table(per_sample: pd.DataFrame, variant: str, iterations: Sequence[int]) -> pd.DataFrame:
-    """Success rate at each iteration budget s (Figure 4), both definitions, over all attacked samples."""
+def sweep_table(
+    per_sample: pd.DataFrame, variant: str, iterations: Sequence[int], confidence: float
+) -> pd.DataFrame:
+    """Success rate at each iteration budget s (Figure 4), both definitions, over all attacked samples,
+    with the Wilson interval of the first at level `confidence`."""
     n = len(per_sample)
     orig = per_sample["orig_loss"].to_numpy(dtype=float)
     final = per_sample["success"].to_numpy(dtype=bool)
@@ -132,7 +125,7 @@ def sweep_table(per_sample: pd.DataFrame, variant: str, iterations: Sequence[int
         best = per_sample[budget_column(s)].to_numpy(dtype=float)
         reached = per_sample["best_step"].to_numpy() < s  # 0-based step index: reached within s steps
         successes = int(np.sum(best <= orig))
-        low, high = wilson_interval(successes, n)
+        low, high = wilson_interval(successes, n, confidence)
         rows.append(
             {
                 "variant": variant,
@@ -142,6 +135,7 @@ def sweep_table(per_sample: pd.DataFrame, variant: str, iterations: Sequence[int
                 "success_rate": successes / n if n else float("nan"),
                 "success_low": low,
                 "success_high": high,
+                "confidence": confidence,
                 "success_rate_posthoc": float(np.mean(reached & final)) if n else float("nan"),
                 "mean_best_loss": float(np.mean(best)) if n else float("nan"),
             }
@@ -188,7 +182,8 @@ def summarise_shards(
             "make sure all shards come from the same gcg.shards setting"
         )
     per_sample = per_sample_table(records, variant, iterations)
-    sweep = sweep_table(per_sample, variant, iterations)
+    statistics = StatisticsConfig.from_dict(config["statistics"])
+    sweep = sweep_table(per_sample, variant, iterations, statistics.confidence)
     write_text(per_sample_out, per_sample.to_csv(index=False))
     write_text(sweep_out, sweep.to_csv(index=False))
     log.info(

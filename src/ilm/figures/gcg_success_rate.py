@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from ilm.io import atomic_path
 from ilm.names import order_variants, variant_name
+from ilm.stats import StatisticsConfig, level_label
 from ilm.tables.common import read_csvs
 
 # Distinct marker and dash per variant so the figure reads in grayscale.
@@ -15,12 +18,19 @@ _DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1
 
 
 def draw(sweep_csvs: Sequence[Path], out_stem: Path, config: Mapping):
-    """Success rate (%) vs. iterations, one line per variant with its 95 % interval as a band;
-    writes out_stem.pdf and .png and returns the figure."""
+    """Success rate (%) vs. iterations, one line per variant with its Wilson interval (statistics.confidence)
+    as a band; writes out_stem.pdf and .png and returns the figure."""
     import seaborn as sns
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     sweep = read_csvs(sweep_csvs, "sweep file")
+    confidence = StatisticsConfig.from_dict(config["statistics"]).confidence
+    if "confidence" in sweep and not np.allclose(sweep["confidence"], confidence):
+        levels = ", ".join(f"{c:g}" for c in sorted(sweep["confidence"].unique()))
+        raise ValueError(
+            f"the sweep files hold intervals at confidence {levels} but statistics.confidence is {confidence:g}; "
+            "rerun `ilm gcg-summary` with this config"
+        )
     by_variant = {v: g.sort_values("iterations") for v, g in sweep.groupby("variant")}
     out_stem = Path(out_stem)
     with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.2):
@@ -48,7 +58,7 @@ def draw(sweep_csvs: Sequence[Path], out_stem: Path, config: Mapping):
         ax.set_xticks(sorted(sweep["iterations"].unique()))
         ax.set_ylim(bottom=0)
         ax.set_title("GCG attack success rate vs. iterations")
-        ax.legend(title="Model (attacked samples); bands: 95% CI", frameon=True)
+        ax.legend(title=f"Model (attacked samples); bands: {level_label(confidence)} Wilson CI", frameon=True)
         for suffix in ("pdf", "png"):
             with atomic_path(out_stem.with_suffix(f".{suffix}")) as tmp:
                 fig.savefig(tmp, format=suffix, dpi=200)

@@ -62,6 +62,8 @@ def read_csvs(paths: Sequence[Path], what: str) -> pd.DataFrame:
 
 
 def _fmt(value, digits: int) -> str:
+    if value is pd.NA:  # a cell that does not apply (nullable dtypes), e.g. the Baseline's test against itself
+        return ""
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
