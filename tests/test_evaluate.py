@@ -16,6 +16,7 @@ from ilm.evaluate import evaluate
 from ilm.model import build_model
 from ilm.names import PROTOCOLS
 from ilm.objectives import draw_mask_positions
+from ilm.stats import bootstrap_interval
 from tiny import VOCAB, WINDOW, tiny_config, tiny_model_config
 
 N_TEST = 10
@@ -70,6 +71,14 @@ def test_forward_metrics_match_an_independent_computation(tmp_path, model_and_da
     for k in (1, 3, 5):
         assert forward[f"top{k}"] == pytest.approx(float((rank < k).double().mean()), abs=1e-12)
     assert 0 < forward["top1"] < forward["top5"] < 1, "the check needs non-trivial accuracies"
+    # The interval resamples whole windows (their tokens move together), with the statistics section's settings.
+    stats = eval_config()["statistics"]
+    low, high = bootstrap_interval(
+        (-target_logp).sum(1).numpy(), np.full(N_TEST, WINDOW - 1), confidence=stats["confidence"],
+        resamples=stats["bootstrap_resamples"], seed=stats["seed"],
+    )
+    assert (forward["ce_low"], forward["ce_high"]) == pytest.approx((low, high), rel=1e-5)
+    assert forward["ce_low"] < forward["ce"] < forward["ce_high"]
     assert forward["meta"]["variant"] == "base" and "git_commit" in forward["meta"]
     assert set(forward["meta"]["inputs_sha256"]) == {"model", "test.npy"}
 

@@ -31,7 +31,8 @@ def write_eval_metrics(root: Path, variant: str, ce: float, acc: float) -> Path:
     """forward.json and inverse.json of one variant; the three protocols get distinct numbers."""
     d = root / "metrics" / variant
     d.mkdir(parents=True)
-    (d / "forward.json").write_text(json.dumps({"ce": ce, "perplexity": math.exp(ce), "top1": acc, "top3": acc + 0.1,
+    (d / "forward.json").write_text(json.dumps({"ce": ce, "ce_low": ce - 0.1, "ce_high": ce + 0.2,
+                                                "perplexity": math.exp(ce), "top1": acc, "top3": acc + 0.1,
                                                 "top5": acc + 0.2, "tokens": 1000, "meta": {}}))
     inverse = {p: {"top1": acc / (i + 2), "top3": acc / (i + 2) + 0.1, "top5": acc / (i + 2) + 0.2, "ce": 3.0 + i,
                    "rows": 10, "without_g": {"top1": acc / (i + 4), "top3": 0.5, "top5": 0.6, "ce": 4.0}}
@@ -48,12 +49,14 @@ def test_forward_table_cells_are_the_metrics_in_paper_order(tmp_path):
     df = pd.read_csv(tmp_path / "t" / "fq.csv")
     assert list(df["Model"]) == ["Baseline", "Identity", "Inv-First"]
     assert df["CE"].tolist() == pytest.approx([1.5, 1.7, 2.0])
+    assert df["CE low"].tolist() == pytest.approx([1.4, 1.6, 1.9])
+    assert df["CE high"].tolist() == pytest.approx([1.7, 1.9, 2.2])
     assert df["PPL"].tolist() == pytest.approx([math.exp(1.5), math.exp(1.7), math.exp(2.0)])
     assert df["Top-1 (%)"].tolist() == pytest.approx([30.0, 40.0, 50.0])
     assert df["Top-5 (%)"].tolist() == pytest.approx([50.0, 60.0, 70.0])
     assert df["Tokens"].tolist() == [1000] * 3
     md = (tmp_path / "t" / "fq.md").read_text().splitlines()
-    assert len(md) == 2 + 3 and md[2].startswith("| Baseline | 1.500 | 4.482 | 30.000 |")
+    assert len(md) == 2 + 3 and md[2].startswith("| Baseline | 1.500 | 1.400 | 1.700 | 4.482 | 30.000 |")
     tex = (tmp_path / "t" / "fq.tex").read_text()
     assert r"Model & CE & PPL & Top-1 (\%) & Top-3 (\%) & Top-5 (\%) & Tokens \\" in tex
     assert r"Inv-First & 2.000 & 7.389 & 50.000 & 60.000 & 70.000 & 1000 \\" in tex

@@ -27,7 +27,14 @@ from ilm.data import load_split
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json
 from ilm.model import load_model, numerics, resolve_device
 from ilm.names import PROTOCOLS, parse_variant
-from ilm.objectives import ObjectiveConfig, inverse_rows, project_to_vocab, topk_correct, topk_hits
+from ilm.objectives import (
+    ObjectiveConfig,
+    inverse_rows,
+    project_to_vocab,
+    topk_correct,
+    topk_hits,
+)
+from ilm.stats import StatisticsConfig, bootstrap_interval
 
 logger = logging.getLogger("ilm.evaluate")
 
@@ -51,30 +58,49 @@ def _batches(windows: np.ndarray, batch_size: int, device: torch.device, desc: s
         yield torch.from_numpy(np.asarray(windows[start : start + batch_size], dtype=np.int64)).to(device)
 
 
+def _with_interval(out: dict, window_sums: list[torch.Tensor], window_rows: list[torch.Tensor],
+                   stats: StatisticsConfig) -> dict:
+    """Add `ce_low` / `ce_high`: the bootstrap interval of the CE over test windows (rows of a window move together)."""
+    sums = torch.cat(window_sums).double().cpu().numpy()
+    rows = torch.cat(window_rows).double().cpu().numpy()
+    low, high = bootstrap_interval(
+        sums, rows, confidence=stats.confidence, resamples=stats.bootstrap_resamples, seed=stats.seed
+    )
+    return {**out, "ce_low": low, "ce_high": high}
+
+
 @torch.no_grad()
 def forward_metrics(
-    model: torch.nn.Module, windows: np.ndarray, batch_size: int, ks: Sequence[int], device: torch.device
+    model: torch.nn.Module,
+    windows: np.ndarray,
+    batch_size: int,
+    ks: Sequence[int],
+    device: torch.device,
+    stats: StatisticsConfig,
 ) -> dict:
-    """Next-token CE, perplexity, top-k accuracy and the number of predicted positions (§1.2).
+    """Next-token CE (with its bootstrap interval over windows), perplexity, top-k accuracy and the
+    number of predicted positions (§1.2).
 
     Position t predicts token t+1; the last position has no target (docs/method.md §0).
     """
-    ce_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in ks}
+    window_sums, window_rows = [], []
     tokens = 0
     for ids in _batches(windows, batch_size, device, "forward"):  # (B, T)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
         logits = logits.reshape(-1, logits.shape[-1])  # (B*(T-1), V)
         targets = ids[:, 1:].reshape(-1)  # (B*(T-1),)
-        ce_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+        ce = F.cross_entropy(logits, targets, reduction="none").double().view(ids.shape[0], -1)  # (B, T-1)
+        window_sums.append(ce.sum(1))
+        window_rows.append(torch.full((ids.shape[0],), ce.shape[1], device=device))
         for k, hits in topk_correct(logits, targets, ks).items():
             correct[k] += hits
         tokens += targets.numel()
-    ce = float(ce_sum) / tokens
+    ce = float(torch.cat(window_sums).sum()) / tokens
     out = {"ce": ce, "perplexity": float(np.exp(ce))}
     out.update({f"top{k}": int(correct[k]) / tokens for k in ks})
     out["tokens"] = tokens
-    return out
+    return _with_interval(out, window_sums, window_rows, stats)
 
 
 @torch.no_grad()
@@ -88,12 +114,14 @@ def inverse_metrics(
     ks: Sequence[int],
     seed: int,
     device: torch.device,
+    stats: StatisticsConfig,
 ) -> dict:
     """Top-k accuracy and CE of the inverse classification under one protocol, with and without g (§1.5-§1.7, §6.1).
 
     With g, v = x - g (g alone for the `*_grad` variants); `without_g` classifies the same rows
     from x alone (from 0 for `*_grad`, which is chance), so the difference is what g carries.
-    `by_position` gives the rows and the top-1 accuracy (with g) at each position of the window.
+    `by_position` gives the rows and the top-1 accuracy (with g) at each position of the window;
+    `ce_low` / `ce_high` the bootstrap interval of the CE with g over windows.
     g is taken without double backprop; the Bert-like masks come from a generator seeded with
     `seed`, so the result is deterministic.
     """
@@ -105,11 +133,16 @@ def inverse_metrics(
     rows_at = torch.zeros(seq_len, dtype=torch.long, device=device)
     top1_at = torch.zeros(seq_len, dtype=torch.long, device=device)
     rows = 0
+    window_sums, window_rows = [], []
     for ids in _batches(windows, batch_size, device, f"inverse {protocol}"):  # (B, T)
-        inv = inverse_rows(model, ids, protocol, objective_cfg, generator=generator)  # M rows
+        inv = inverse_rows(model, ids, protocol, objective_cfg, generator=generator)  # M rows, window-major
         for with_g in (True, False):
             logits = project_to_vocab(model, inv.vectors(gradient_only, with_g)).float()  # (M, V)
-            ce_sum[with_g] += F.cross_entropy(logits, inv.targets, reduction="sum").double()
+            ce = F.cross_entropy(logits, inv.targets, reduction="none").double()  # (M,)
+            ce_sum[with_g] += ce.sum()
+            if with_g:
+                window_sums.append(ce.view(ids.shape[0], -1).sum(1))  # every window has the same row count
+                window_rows.append(torch.full((ids.shape[0],), ce.numel() // ids.shape[0], device=device))
             hits = topk_hits(logits, inv.targets, sorted(set(ks) | {1}))  # k -> (M,) bool
             for k in ks:
                 correct[with_g][k] += hits[k].sum()
@@ -125,7 +158,7 @@ def inverse_metrics(
 
     rows_at, top1_at = rows_at.tolist(), top1_at.tolist()
     return {
-        **summary(True),
+        **_with_interval(summary(True), window_sums, window_rows, stats),
         "rows": rows,
         "without_g": summary(False),
         "by_position": {
@@ -168,6 +201,7 @@ def evaluate(
     """Write forward.json and inverse.json for the model in model_dir on the test split."""
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     cfg = EvaluateConfig.from_dict(config["evaluate"])
+    stats = StatisticsConfig.from_dict(config["statistics"])
     _, gradient_only = parse_variant(variant)  # the Baseline projects x - g like the plain variants
     objective_cfg = ObjectiveConfig.from_dict(config["objective"])
     ks = sorted(set(cfg.top_k))
@@ -180,15 +214,15 @@ def evaluate(
     _check_test_windows(data_dir, windows, model)
     logger.info("evaluating %s (%s) on %d test windows on %s", variant, model_dir, windows.shape[0], device)
 
-    forward = forward_metrics(model, windows, cfg.batch_size, ks, device)
+    forward = forward_metrics(model, windows, cfg.batch_size, ks, device, stats)
     inverse = {
         protocol: inverse_metrics(
-            model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device
+            model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device, stats
         )
         for protocol in PROTOCOLS
     }
     meta = provenance(
-        {"objective": dict(config["objective"]), "evaluate": dict(config["evaluate"])},
+        {key: dict(config[key]) for key in ("objective", "evaluate", "statistics")},
         inputs={"model": model_fingerprint(model_dir), "test.npy": file_sha256(data_dir / "test.npy")},
         variant=variant,
         model_dir=str(model_dir),

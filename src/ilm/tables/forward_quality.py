@@ -22,7 +22,10 @@ def build(paths: Sequence[Path]) -> pd.DataFrame:
     rows = []
     for variant in order_variants(by_variant):
         m = by_variant[variant]
-        row = {"Model": variant_name(variant), "CE": m["ce"], "PPL": m["perplexity"]}
+        row = {"Model": variant_name(variant), "CE": m["ce"]}
+        if "ce_low" not in m:
+            raise ValueError(f"forward metrics of {variant} lack the CE interval (ce_low); rerun `ilm evaluate` for it")
+        row.update({"CE low": m["ce_low"], "CE high": m["ce_high"], "PPL": m["perplexity"]})
         row.update({f"Top-{k[3:]} (%)": 100.0 * m[k] for k in topk_keys(m)})
         row["Tokens"] = int(m["tokens"])
         rows.append(row)
@@ -34,6 +37,9 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=Non
         build(inputs),
         out_stem,
         digits=3,
-        caption="Forward quality on the test split: next-token cross-entropy, perplexity and top-k accuracy.",
+        caption=(
+            "Forward quality on the test split: next-token cross-entropy with its bootstrap interval over test "
+            "windows (statistics.confidence), perplexity and top-k accuracy."
+        ),
         label="tab:forward-quality",
     )
