@@ -58,8 +58,8 @@ def test_forward_table_cells_are_the_metrics_in_paper_order(tmp_path):
     md = (tmp_path / "t" / "fq.md").read_text().splitlines()
     assert len(md) == 2 + 3 and md[2].startswith("| Baseline | 1.500 | 1.400 | 1.700 | 4.482 | 30.000 |")
     tex = (tmp_path / "t" / "fq.tex").read_text()
-    assert r"Model & CE & PPL & Top-1 (\%) & Top-3 (\%) & Top-5 (\%) & Tokens \\" in tex
-    assert r"Inv-First & 2.000 & 7.389 & 50.000 & 60.000 & 70.000 & 1000 \\" in tex
+    assert r"Model & CE & CE low & CE high & PPL & Top-1 (\%) & Top-3 (\%) & Top-5 (\%) & Tokens \\" in tex
+    assert r"Inv-First & 2.000 & 1.900 & 2.200 & 7.389 & 50.000 & 60.000 & 70.000 & 1000 \\" in tex
 
 
 def test_inverse_table_cells_follow_each_protocol(tmp_path):
