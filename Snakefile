@@ -23,6 +23,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/studies.smk"
 
 
 # Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
@@ -37,6 +38,10 @@ localrules:
     tabulate_gcg_summary,
     tabulate_gcg_examples,
     plot_gcg_success_rate,
+    study_select_gcg_samples,
+    study_summarise_gcg,
+    summarise_study,
+    studies,
 
 
 rule all:

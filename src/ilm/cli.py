@@ -148,6 +148,12 @@ def cmd_figure(args: argparse.Namespace) -> None:
     module.draw(args.inputs, args.out_stem, _config(args, f"plot_{args.name}"))
 
 
+def cmd_summarise_study(args: argparse.Namespace) -> None:
+    from ilm.study_summary import summarise
+
+    summarise(args.manifest, args.table_stem, args.figure_stem, _config(args, "summarise_study"))
+
+
 def cmd_check_env(args: argparse.Namespace) -> int:
     from ilm.deploy import check_env
 
@@ -249,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-stem", type=Path, required=True)
     _add_config_args(p)
     p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("summarise-study", help="a study's table and figure against its swept settings")
+    p.add_argument("--manifest", type=Path, required=True, help="the study's points and metric files (JSON)")
+    p.add_argument("--table-stem", type=Path, required=True, help="table path without suffix (.csv/.md/.tex)")
+    p.add_argument("--figure-stem", type=Path, required=True, help="figure path without suffix (.pdf/.png)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_summarise_study)
     return parser
 
 

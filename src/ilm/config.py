@@ -76,6 +76,7 @@ STAGES: dict[str, Scope] = {
     "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps", "statistics")),
     "tabulate_gcg_examples": Scope(("gcg.examples",)),
     "plot_gcg_success_rate": Scope(("gcg.iterations", "gcg.steps", "statistics")),
+    "summarise_study": Scope(("statistics",)),
 }
 
 
@@ -344,6 +345,12 @@ def _evaluate_top_k_fits_vocab(cfg: dict) -> None:
 
 
 # (keys the rule reads, check): rules across keys that a JSON Schema cannot state.
+def _studies_are_valid(cfg: dict) -> None:
+    from ilm.studies import check_studies  # it validates each point with this module
+
+    check_studies(cfg)
+
+
 _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("data.split_fractions",), _split_fractions_sum),
     (("data.stride", "data.window"), _stride_fits_window),
@@ -355,6 +362,7 @@ _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("gcg.iterations", "gcg.steps"), _budgets_within_steps),
     (("gcg.top_k", "gcg.allow_special_tokens", "model.vocab_size"), _gcg_top_k_fits_vocab),
     (("evaluate.top_k", "model.vocab_size"), _evaluate_top_k_fits_vocab),
+    (("studies.run", "studies.grids"), _studies_are_valid),
 ]
 
 

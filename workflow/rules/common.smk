@@ -1,10 +1,13 @@
 # Validation (before any job runs), shared paths and the config slices rules pass to `ilm`.
+import json
 import os
 
 from ilm.config import check_data_stats, validate_config, write_stage_config
 from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
-from ilm.names import MODEL_FILES
+from ilm.io import write_named_by_content
+from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
+from ilm.studies import manifest, manifest_files, point_config, study
 
 config.update(validate_config(config))
 
@@ -27,9 +30,20 @@ CONDA_ENV = str(
 check_data_stats(config, f"{DATA}/stats.json")
 
 
+# Every study and every point of it (validated above with the config).
+STUDIES = {name: study(config, name) for name in config["studies"]["grids"]}
+POINT_CONFIGS = {
+    (name, point.name): point_config(config, name, point)
+    for name, s in STUDIES.items()
+    for point in s.points
+}
+
+
 wildcard_constraints:
-    variant="|".join(VARIANTS),
+    variant="|".join(VARIANT_NAMES),
     shard=r"\d+",
+    study=r"[A-Za-z][A-Za-z0-9_]*",
+    point=r"[A-Za-z0-9_.=+-]+",
 
 
 def config_file(stage):
@@ -70,9 +84,9 @@ def corpus_input(wildcards):
     return []
 
 
-def model_files(variant="{variant}"):
+def model_files(root=RESULTS, variant="{variant}"):
     """The files of a trained model directory: whole only when every one exists."""
-    return [f"{RESULTS}/models/{variant}/{name}" for name in MODEL_FILES]
+    return [f"{root}/models/{variant}/{name}" for name in MODEL_FILES]
 
 
 def model_dir(wildcards, input):
@@ -84,8 +98,16 @@ def metric_files(name):
     return expand(f"{RESULTS}/metrics/{{variant}}/{name}", variant=VARIANTS)
 
 
+def study_targets(name):
+    """A study's table and figure (workflow/rules/studies.smk)."""
+    return [
+        *expand(f"{RESULTS}/studies/{name}/study.{{ext}}", ext=["csv", "md", "tex", "pdf", "png"])
+    ]
+
+
 def all_targets():
     return [
+        *[path for name in config["studies"]["run"] for path in study_targets(name)],
         *expand(
             f"{RESULTS}/tables/{{table}}.{{ext}}",
             table=["forward_quality", "inverse_accuracy", "gcg_summary"],
