@@ -256,3 +256,35 @@ def test_report_holds_every_table_and_figure(smoke_run, tmp_path):
                  "gcg_success_rate.png"):
         assert name in html, name
     assert "Wilson interval" in html and "Forward quality" in html  # captions rendered
+
+
+def test_paper_studies_dry_run_reuses_the_main_run_point(tmp_path):
+    """`snakemake -n studies` plans every declared study; a point equal to the main run trains nothing new."""
+    counts = _job_counts(run_snakemake(tmp_path, "-n", "studies", configfiles=()).stdout)
+    # grad_scale 2 new points x 3 variants, double_backprop 1 x 3, placeholder 2 x 1, last_position 1 x 2
+    assert counts["study_train_model"] == counts["study_evaluate_model"] == 6 + 3 + 2 + 2
+    assert counts["train_model"] == 3  # the reused points need the main run's ILM variants, not the Baseline
+    assert counts["summarise_study"] == 4
+    assert counts["study_attack_gcg_shard"] == 13 * 8
+
+
+@pytest.mark.slow
+def test_smoke_study_table_figure_and_report(smoke_run, tmp_path):
+    """The smoke preset's grad-scale study on the finished smoke run: the 65536 point reads results/, the other
+    trains under results/studies/; the table has a row per point, the report a Studies section."""
+    run_snakemake(smoke_run, "--cores", "2", "study_grad_scale")
+    study = pd.read_csv(smoke_run / "results/studies/grad_scale/study.csv")
+    assert study["grad_scale_tokens"].tolist() == [65536, 1]
+    assert study["Results"].tolist() == ["results", "results/studies/grad_scale/grad_scale_tokens=1"]
+    assert (study["GCG n"] == 4).all() and study["Model"].tolist() == ["Identity"] * 2
+    main = json.loads((smoke_run / "results/metrics/identity/inverse.json").read_text())
+    assert study["Inverse top-1 (%)"][0] == pytest.approx(100 * main["identity"]["top1"])
+    point = smoke_run / "results/studies/grad_scale/grad_scale_tokens=1"
+    run_config = json.loads((point / "models/identity/run_config.json").read_text())
+    assert json.dumps(run_config).count('"grad_scale_tokens": 1') >= 1
+    assert (smoke_run / "logs/studies/grad_scale/grad_scale_tokens=1/train/identity.log").exists()
+    assert (smoke_run / "results/studies/grad_scale/study.png").stat().st_size > 0
+    report = tmp_path / "report.html"
+    run_snakemake(smoke_run, "--report", str(report), "all", "study_grad_scale")
+    html = report.read_text()
+    assert "study.csv" in html and "study.png" in html and "Studies" in html
