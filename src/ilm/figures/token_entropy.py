@@ -1,7 +1,7 @@
 """Token entropy per position (rule plot_token_entropy; docs/method.md §8 E4), from table `token_entropy`.
 
-How predictable each position of a training window is on its own: low at the start of
-windows cut at story starts, near the unigram entropy in the middle of stories.
+How predictable the token at each position of a training window is on its own (the position's
+marginal distribution, no context): where windows start matters to the inverse protocols.
 """
 
 from __future__ import annotations
