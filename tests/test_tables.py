@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -262,3 +263,86 @@ def test_missing_metric_file_and_unknown_table_are_clear_errors(tmp_path, capsys
     assert main(["figure", "nope", "--inputs", str(tmp_path), "--out-stem", str(tmp_path / "fq")]) == 2
     assert "unknown figure 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "fq.csv").exists()
+
+
+def write_run(models: Path, variant: str, steps: int, cfg: dict, **record) -> tuple[Path, int]:
+    """A tiny saved model with the run_config.json `ilm train` writes beside it; returns (folder, its sum of numel)."""
+    from tiny import save_tiny_model, tiny_model
+
+    folder = save_tiny_model(models / variant, seed=steps)
+    n_params = sum(p.numel() for p in tiny_model(seed=steps).parameters())  # the tied head is one Parameter
+    run = {"config": {k: cfg[k] for k in ("data", "model", "objective", "train")}, "variant": variant,
+           "steps": steps, "epochs_completed": steps / 2, "best_step": steps, **record}
+    (folder / "run_config.json").write_text(json.dumps(run))
+    return folder, n_params
+
+
+def setup_inputs(tmp_path: Path, **record) -> tuple[list[Path], int, dict]:
+    from tiny import tiny_config
+
+    cfg = tiny_config()
+    stats = {"source": "resources/x", "dataset": {"id": "roneneldan/TinyStories", "revision": "abc", "commit": "c0"},
+             "vocab_size": 60, "splits": {s: {"windows": w, "tokens": 16 * w, "stories": 1}
+                                          for s, w in (("train", 80), ("validation", 10), ("test", 12))}}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "stats.json").write_text(json.dumps(stats))
+    inputs = [tmp_path / "data" / "stats.json"]
+    for variant, steps in (("identity", 6), ("base", 4)):
+        folder, n_params = write_run(tmp_path / "models", variant, steps, cfg, **record)
+        inputs += [folder / name for name in ("run_config.json", "config.json", "model.safetensors")]
+    return inputs, n_params, cfg
+
+
+def test_setup_table_holds_counts_sizes_and_settings(tmp_path):
+    """Parameters equal the model's sum of numel (tied head once); split counts come from stats.json; a value
+    that differs between variants is listed per variant, in paper order; GCG samples follow gcg.count."""
+    inputs, n_params, cfg = setup_inputs(tmp_path)
+    main(["table", "setup", "--inputs", *map(str, inputs), "--out-stem", str(tmp_path / "t" / "setup"),
+          "--config-json", json.dumps({"gcg": {"count": 5, "top_k": 4, "steps": 3, "search_width": 8}})])
+    df = pd.read_csv(tmp_path / "t" / "setup.csv", dtype=str)
+    value = dict(zip(df["Setting"], df["Value"]))
+    assert n_params == 3376 and value["Parameters"] == str(n_params)  # 64*16 + 1 layer + norm
+    assert value["Train windows"] == "80" and value["Test tokens"] == str(16 * 12)
+    assert value["Tokenizer vocabulary"] == "60" and value["Window (tokens)"] == str(cfg["data"]["window"])
+    assert value["Dataset"] == "roneneldan/TinyStories" and value["Dataset revision"] == "abc"
+    assert value["Hidden size"] == "16" and value["Layers"] == "1" and value["Tied embeddings"] == "yes"
+    assert value["lambda inverse"] == f"{cfg['objective']['lambda_inv']:g}"
+    assert value["Learning rate"] == "0.01" and value["Batch (windows per step)"] == "8"
+    assert value["Steps trained"] == "Baseline 4; Identity 6"
+    assert value["Attacked test windows"] == "5" and value["Top-k (token candidates)"] == "4"
+    assert (tmp_path / "t" / "setup.tex").read_text().count(r"\\") == len(df) + 1
+
+
+def test_setup_table_refuses_a_parameter_count_training_did_not_record(tmp_path):
+    """A run_config.json whose parameter count disagrees with the saved tensors is an error naming both."""
+    inputs, _, _ = setup_inputs(tmp_path, parameters=3375)
+    with pytest.raises(ValueError, match="holds 3376 parameters but .* records 3375"):
+        table_module("setup").build(inputs, validate_config({}))
+
+
+def test_token_entropy_equals_the_hand_computed_entropy(tmp_path, monkeypatch):
+    """Per-position entropy (bits) of hand-made windows, and of random ones against a Counter, chunked or not."""
+    from collections import Counter
+
+    from ilm.tables import token_entropy
+
+    windows = np.array([[7, 1, 2], [7, 1, 3], [7, 2, 3], [7, 2, 3]], dtype=np.uint16)
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "train.npy", windows)
+    main(["table", "token_entropy", "--inputs", str(tmp_path / "data" / "train.npy"),
+          "--out-stem", str(tmp_path / "t" / "token_entropy")])
+    df = pd.read_csv(tmp_path / "t" / "token_entropy.csv")
+    assert df["position"].tolist() == [0, 1, 2]
+    h2 = -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75))  # {2: 1, 3: 3}
+    assert df["entropy_bits"].tolist() == pytest.approx([0.0, 1.0, h2], abs=1e-12)
+    assert df["distinct_tokens"].tolist() == [1, 2, 2] and (df["windows"] == 4).all()
+
+    rng = np.random.default_rng(0)
+    windows = rng.integers(0, 50, (37, 5)).astype(np.uint16)
+    expected = []
+    for t in range(5):
+        counts = np.array(list(Counter(windows[:, t].tolist()).values())) / 37
+        expected.append(float(-(counts * np.log2(counts)).sum()))
+    monkeypatch.setattr(token_entropy, "CHUNK_WINDOWS", 4)  # several bincount passes
+    entropy, _ = token_entropy.position_entropy(windows)
+    assert entropy.tolist() == pytest.approx(expected, abs=1e-12)

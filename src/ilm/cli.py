@@ -166,6 +166,9 @@ def cmd_check_env(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ilm.figures import FIGURES  # name lists only: the modules load when a command runs
+    from ilm.tables import TABLES
+
     parser = argparse.ArgumentParser(prog="ilm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -241,16 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_gcg_summary)
 
-    p = sub.add_parser("table", help="build one table from metric files")
-    p.add_argument("name", help="forward_quality | inverse_accuracy | gcg_summary | gcg_examples")
-    p.add_argument("--inputs", type=Path, nargs="+", required=True, help="metric files, one per variant")
+    p = sub.add_parser("table", help="build one table from result files")
+    p.add_argument("name", help=" | ".join(TABLES))
+    p.add_argument("--inputs", type=Path, nargs="+", required=True, help="result files (metric files: one per variant)")
     p.add_argument("--out-stem", type=Path, required=True, help="output path without suffix")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (tables that decode text)")
     _add_config_args(p)
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("figure", help="draw one figure from metric files")
-    p.add_argument("name", help="gcg_success_rate")
+    p = sub.add_parser("figure", help="draw one figure from result files")
+    p.add_argument("name", help=" | ".join(FIGURES))
     p.add_argument("--inputs", type=Path, nargs="+", required=True)
     p.add_argument("--out-stem", type=Path, required=True)
     _add_config_args(p)

@@ -71,10 +71,18 @@ STAGES: dict[str, Scope] = {
     ),
     "attack_gcg_shard": Scope(("data", "model", "gcg"), drop=("gcg.iterations", "gcg.examples")),
     "summarise_gcg": Scope(("gcg", "statistics"), drop=("gcg.examples",)),
+    "tabulate_setup": Scope(
+        ("gcg.prefix_length", "gcg.target_length", "gcg.steps", "gcg.search_width", "gcg.top_k", "gcg.fraction",
+         "gcg.count")
+    ),
+    "tabulate_token_entropy": Scope(()),
+    "plot_token_entropy": Scope(()),
+    "plot_training_curves": Scope(()),
     "tabulate_forward_quality": Scope(()),
     "tabulate_inverse_accuracy": Scope(()),
     "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps", "statistics")),
     "tabulate_gcg_examples": Scope(("gcg.examples",)),
+    "plot_inverse_by_position": Scope(()),
     "plot_gcg_success_rate": Scope(("gcg.iterations", "gcg.steps", "statistics")),
     "summarise_study": Scope(("statistics",)),
 }

@@ -110,11 +110,21 @@ def all_targets():
         *[path for name in config["studies"]["run"] for path in study_targets(name)],
         *expand(
             f"{RESULTS}/tables/{{table}}.{{ext}}",
-            table=["forward_quality", "inverse_accuracy", "gcg_summary"],
+            table=["setup", "forward_quality", "inverse_accuracy", "gcg_summary"],
             ext=["csv", "md", "tex"],
         ),
+        f"{RESULTS}/tables/token_entropy.csv",
         f"{RESULTS}/tables/gcg_examples.tex",
-        *expand(f"{RESULTS}/figures/gcg_success_rate.{{ext}}", ext=["pdf", "png"]),
+        *expand(
+            f"{RESULTS}/figures/{{figure}}.{{ext}}",
+            figure=[
+                "token_entropy",
+                "training_curves",
+                "inverse_by_position",
+                "gcg_success_rate",
+            ],
+            ext=["pdf", "png"],
+        ),
     ]
 
 

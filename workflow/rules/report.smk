@@ -1,3 +1,100 @@
+# The paper's tables and figures, from small result files; each report() entry's category is its stage.
+
+
+rule tabulate_setup:
+    # The settings and sizes that define the run: data counts, model size and parameters, objective, training, GCG.
+    input:
+        stats=f"{DATA}/stats.json",
+        runs=expand(f"{RESULTS}/models/{{variant}}/run_config.json", variant=VARIANTS),
+        configs=expand(f"{RESULTS}/models/{{variant}}/config.json", variant=VARIANTS),
+        weights=expand(
+            f"{RESULTS}/models/{{variant}}/model.safetensors", variant=VARIANTS
+        ),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/setup.csv",
+            caption="../report/setup.rst",
+            category="Data",
+        ),
+        md=f"{RESULTS}/tables/setup.md",
+        tex=f"{RESULTS}/tables/setup.tex",
+    log:
+        "logs/tables/setup.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+        config=config_file("tabulate_setup"),
+    shell:
+        "ilm table setup --inputs {input.stats} {input.runs} {input.configs} {input.weights}"
+        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+
+
+rule tabulate_token_entropy:
+    # Entropy (bits) of the token at each window position over the training windows (CSV).
+    input:
+        train=f"{DATA}/train.npy",
+    output:
+        report(
+            f"{RESULTS}/tables/token_entropy.csv",
+            caption="../report/token_entropy.rst",
+            category="Data",
+        ),
+    log:
+        "logs/tables/token_entropy.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+    shell:
+        "ilm table token_entropy --inputs {input.train}"
+        " --out-stem {params.stem} > {log} 2>&1"
+
+
+rule plot_token_entropy:
+    # The token entropy per position against the position.
+    input:
+        entropy=f"{RESULTS}/tables/token_entropy.csv",
+    output:
+        pdf=f"{RESULTS}/figures/token_entropy.pdf",
+        png=report(
+            f"{RESULTS}/figures/token_entropy.png",
+            caption="../report/token_entropy.rst",
+            category="Data",
+        ),
+    log:
+        "logs/figures/token_entropy.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+    shell:
+        "ilm figure token_entropy --inputs {input.entropy}"
+        " --out-stem {params.stem} > {log} 2>&1"
+
+
+rule plot_training_curves:
+    # Forward (train, validation) and inverse CE against the optimizer step, one line per variant.
+    input:
+        logs=expand(f"{RESULTS}/models/{{variant}}/train_log.csv", variant=VARIANTS),
+    output:
+        pdf=f"{RESULTS}/figures/training_curves.pdf",
+        png=report(
+            f"{RESULTS}/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+    log:
+        "logs/figures/training_curves.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+    shell:
+        "ilm figure training_curves --inputs {input.logs}"
+        " --out-stem {params.stem} > {log} 2>&1"
+
+
 rule tabulate_forward_quality:
     # Test CE, perplexity and next-token top-k accuracy, one row per variant.
     input:
@@ -6,7 +103,7 @@ rule tabulate_forward_quality:
         csv=report(
             f"{RESULTS}/tables/forward_quality.csv",
             caption="../report/forward_quality.rst",
-            category="Tables",
+            category="Forward quality",
         ),
         md=f"{RESULTS}/tables/forward_quality.md",
         tex=f"{RESULTS}/tables/forward_quality.tex",
@@ -29,7 +126,7 @@ rule tabulate_inverse_accuracy:
         csv=report(
             f"{RESULTS}/tables/inverse_accuracy.csv",
             caption="../report/inverse_accuracy.rst",
-            category="Tables",
+            category="Inverse accuracy",
         ),
         md=f"{RESULTS}/tables/inverse_accuracy.md",
         tex=f"{RESULTS}/tables/inverse_accuracy.tex",
@@ -44,6 +141,28 @@ rule tabulate_inverse_accuracy:
         " --out-stem {params.stem} > {log} 2>&1"
 
 
+rule plot_inverse_by_position:
+    # Inverse top-1 accuracy against the position, one panel per protocol, one line per variant.
+    input:
+        metrics=metric_files("inverse.json"),
+    output:
+        pdf=f"{RESULTS}/figures/inverse_by_position.pdf",
+        png=report(
+            f"{RESULTS}/figures/inverse_by_position.png",
+            caption="../report/inverse_by_position.rst",
+            category="Inverse accuracy",
+        ),
+    log:
+        "logs/figures/inverse_by_position.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+    shell:
+        "ilm figure inverse_by_position --inputs {input.metrics}"
+        " --out-stem {params.stem} > {log} 2>&1"
+
+
 rule tabulate_gcg_summary:
     # GCG success rate at the final budget, losses split by success and failure, and KL.
     input:
@@ -52,7 +171,7 @@ rule tabulate_gcg_summary:
         csv=report(
             f"{RESULTS}/tables/gcg_summary.csv",
             caption="../report/gcg_summary.rst",
-            category="Tables",
+            category="Robustness",
         ),
         md=f"{RESULTS}/tables/gcg_summary.md",
         tex=f"{RESULTS}/tables/gcg_summary.tex",
@@ -77,7 +196,7 @@ rule tabulate_gcg_examples:
         report(
             f"{RESULTS}/tables/gcg_examples.tex",
             caption="../report/gcg_examples.rst",
-            category="Tables",
+            category="Robustness",
         ),
     log:
         "logs/tables/gcg_examples.log",

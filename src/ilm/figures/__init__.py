@@ -1,4 +1,4 @@
-"""The paper's figures, one module each, drawn from small metric files only (no model, no GPU).
+"""The paper's figures, one module each, drawn from small result files only (no model, no GPU).
 
 Figure `<name>` is made by rule `plot_<name>`, command `ilm figure <name>`, module `ilm.figures.<name>`.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-FIGURES = ("gcg_success_rate",)
+FIGURES = ("token_entropy", "training_curves", "inverse_by_position", "gcg_success_rate")
 
 
 def figure_module(name: str) -> ModuleType:

@@ -7,20 +7,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ilm.io import atomic_path
+from ilm.figures.common import line_style, palette, paper_style, save
 from ilm.names import order_variants, variant_name
 from ilm.stats import StatisticsConfig, level_label
 from ilm.tables.common import read_csvs
-
-# Distinct marker and dash per variant so the figure reads in grayscale.
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
 
 
 def draw(sweep_csvs: Sequence[Path], out_stem: Path, config: Mapping):
     """Success rate (%) vs. iterations, one line per variant with its Wilson interval (statistics.confidence)
     as a band; writes out_stem.pdf and .png and returns the figure."""
-    import seaborn as sns
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     sweep = read_csvs(sweep_csvs, "sweep file")
@@ -32,9 +27,8 @@ def draw(sweep_csvs: Sequence[Path], out_stem: Path, config: Mapping):
             "rerun `ilm gcg-summary` with this config"
         )
     by_variant = {v: g.sort_values("iterations") for v, g in sweep.groupby("variant")}
-    out_stem = Path(out_stem)
-    with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.2):
-        palette = sns.color_palette("colorblind", n_colors=len(by_variant))
+    with paper_style():
+        colours = palette(len(by_variant))
         fig = Figure(figsize=(5.5, 3.8), layout="constrained")
         ax = fig.add_subplot()
         for i, variant in enumerate(order_variants(by_variant)):
@@ -43,14 +37,12 @@ def draw(sweep_csvs: Sequence[Path], out_stem: Path, config: Mapping):
                 g["iterations"],
                 100.0 * g["success_rate"],
                 label=f"{variant_name(variant)} (n={int(g['samples'].iloc[0])})",
-                color=palette[i],
-                marker=_MARKERS[i % len(_MARKERS)],
-                linestyle=_DASHES[i % len(_DASHES)],
+                **line_style(i, colours),
                 linewidth=1.6,
                 markersize=5,
             )
             ax.fill_between(
-                g["iterations"], 100.0 * g["success_low"], 100.0 * g["success_high"], color=palette[i], alpha=0.12,
+                g["iterations"], 100.0 * g["success_low"], 100.0 * g["success_high"], color=colours[i], alpha=0.12,
                 linewidth=0,
             )
         ax.set_xlabel("GCG iterations")
@@ -59,7 +51,5 @@ def draw(sweep_csvs: Sequence[Path], out_stem: Path, config: Mapping):
         ax.set_ylim(bottom=0)
         ax.set_title("GCG attack success rate vs. iterations")
         ax.legend(title=f"Model (attacked samples); bands: {level_label(confidence)} Wilson CI", frameon=True)
-        for suffix in ("pdf", "png"):
-            with atomic_path(out_stem.with_suffix(f".{suffix}")) as tmp:
-                fig.savefig(tmp, format=suffix, dpi=200)
+        save(fig, out_stem)
     return fig

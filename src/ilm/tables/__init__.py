@@ -1,4 +1,4 @@
-"""The paper's tables, one module each, built from small metric files only (no model, no GPU).
+"""The paper's tables, one module each, built from small result files only (no GPU).
 
 Table `<name>` is made by rule `tabulate_<name>`, command `ilm table <name>`, module `ilm.tables.<name>`.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-TABLES = ("forward_quality", "inverse_accuracy", "gcg_summary", "gcg_examples")
+TABLES = ("setup", "token_entropy", "forward_quality", "inverse_accuracy", "gcg_summary", "gcg_examples")
 
 
 def table_module(name: str) -> ModuleType:
