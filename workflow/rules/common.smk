@@ -101,7 +101,10 @@ def metric_files(name):
 def study_targets(name):
     """A study's table and figure (workflow/rules/studies.smk)."""
     return [
-        *expand(f"{RESULTS}/studies/{name}/study.{{ext}}", ext=["csv", "md", "tex", "pdf", "png"])
+        *expand(
+            f"{RESULTS}/studies/{name}/study.{{ext}}",
+            ext=["csv", "md", "tex", "pdf", "png"],
+        )
     ]
 
 
@@ -136,3 +139,41 @@ def output_stem(wildcards, output):
 def input_dir(name):
     """The folder of input `name` (results/data), derived from the input so it follows any rename."""
     return lambda wildcards, input: os.path.dirname(input[name])
+
+
+# --- studies (workflow/rules/studies.smk) ---
+STUDY_RUN = f"{RESULTS}/studies/{{study}}/{{point}}"
+STUDY_LOGS = "logs/studies/{study}/{point}"
+
+
+def study_config_file(stage):
+    """Like config_file, for the point named by the job's wildcards."""
+
+    def path(wildcards):
+        point = POINT_CONFIGS[(wildcards.study, wildcards.point)]
+        return str(write_stage_config(point, stage, ".snakemake/ilm/config"))
+
+    return path
+
+
+def study_shards(wildcards):
+    """The shard files of one variant at one point (the point may sweep gcg.shards)."""
+    shards = POINT_CONFIGS[(wildcards.study, wildcards.point)]["gcg"]["shards"]
+    root = f"{RESULTS}/studies/{wildcards.study}/{wildcards.point}"
+    return [f"{root}/gcg/{wildcards.variant}/shard{k}.jsonl" for k in range(shards)]
+
+
+def study_manifest(wildcards):
+    """The study's points and metric files, as a content-named JSON file (a change reruns the summary)."""
+    text = (
+        json.dumps(manifest(config, wildcards.study, RESULTS), indent=1, sort_keys=True)
+        + "\n"
+    )
+    return str(
+        write_named_by_content(".snakemake/ilm/studies", wildcards.study, ".json", text)
+    )
+
+
+def study_inputs(wildcards):
+    """Every metric file of the study: a point equal to the main run reads results/."""
+    return manifest_files(manifest(config, wildcards.study, RESULTS))
