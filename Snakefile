@@ -53,3 +53,18 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# `snakemake study_<name>` builds one study, `snakemake studies` every declared one.
+for _name in STUDIES:
+
+    rule:
+        name:
+            f"study_{_name}"
+        input:
+            study_targets(_name),
+
+
+rule studies:
+    input:
+        [path for name in STUDIES for path in study_targets(name)],

@@ -60,7 +60,7 @@ def _point(settings: Mapping[str, list], values: tuple) -> Point:
 def apply_overrides(config: Mapping, overrides: Mapping[str, Any]) -> dict:
     """A copy of `config` with each dotted key set, and no studies (a point runs no studies itself)."""
     out = copy.deepcopy(dict(config))
-    out["studies"] = {}
+    out["studies"] = {"run": [], "grids": {}}  # present and empty: no default grids to recurse into
     for dotted, value in overrides.items():
         section, key = dotted.split(".", 1)
         out[section] = {**out.get(section, {}), key: copy.deepcopy(value)}

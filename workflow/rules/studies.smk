@@ -90,18 +90,3 @@ rule summarise_study:
     shell:
         "ilm summarise-study --manifest {params.manifest} --table-stem {params.stem} --figure-stem {params.stem}"
         " --config {params.config} > {log} 2>&1"
-
-
-# `snakemake study_<name>` builds one study, `snakemake studies` every declared one.
-for _name in STUDIES:
-
-    rule:
-        name:
-            f"study_{_name}"
-        input:
-            study_targets(_name),
-
-
-rule studies:
-    input:
-        [path for name in STUDIES for path in study_targets(name)],
