@@ -21,10 +21,9 @@ PROFILE_ARGS = ("--profile", str(REPO / "profiles" / "slurm"), "--profile", str(
 NODE = {"ILM_SLURM_NODE_CPUS": "4", "ILM_SLURM_NODE_MEM_MB": "262144", "ILM_SLURM_FAKE_GPUS": "4"}
 GPU_RULES = {"train_model", "evaluate_model", "attack_gcg_shard"}
 # Rules the Snakefile declares `localrules`: they run beside Snakemake, never through sbatch.
-LOCAL_RULES = {
-    "all", "select_gcg_samples", "summarise_gcg", "tabulate_forward_quality", "tabulate_inverse_accuracy",
-    "tabulate_gcg_summary", "tabulate_gcg_examples", "plot_gcg_success_rate",
-}
+LOCAL_RULES = set(
+    re.search(r"^localrules:\n((?:    \w+,\n)+)", SNAKEFILE.read_text(), flags=re.M).group(1).replace(",", "").split()
+)
 
 
 @dataclass(frozen=True)
