@@ -1,4 +1,4 @@
-"""Studies: named grids of settings, each point run by the same rules as the main run (docs/method.md §10).
+"""Studies: named grids of settings, each point run by the same rules as the main run (docs/method.md §11.3).
 
 `studies.grids.<name>.settings` maps dotted keys to the values to sweep; the grid is their
 product. A point is the main config with one value per key; its results live under

@@ -2,7 +2,7 @@
 
 Per point and variant: the inverse top-1 accuracy under the variant's own protocol with g and
 without g (what g carries), the forward CE with its bootstrap interval, and the GCG success
-rate at the final budget with its Wilson interval and sample count (docs/method.md §10).
+rate at the final budget with its Wilson interval and sample count (docs/method.md §11.3).
 """
 
 from __future__ import annotations
