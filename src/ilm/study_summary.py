@@ -102,7 +102,8 @@ def draw(table: pd.DataFrame, manifest: Mapping, out_stem: Path, level: str):
     axes = fig.subplots(1, 3)
     for i, variant in enumerate(manifest["variants"]):
         mine = (table["Model"] == variant_name(variant)).to_numpy()
-        xs, t, c = x[mine], table[mine], colors[i]
+        dodge = 0.04 * (i - (len(manifest["variants"]) - 1) / 2)  # side by side, so equal values stay visible
+        xs, t, c = x[mine] + dodge, table[mine], colors[i]
         name = variant_name(variant)
         axes[0].plot(xs, t["Inverse top-1 (%)"], "o-", color=c, label=f"{name} with g")
         axes[0].plot(xs, t["Without g (%)"], "x:", color=c, label=f"{name} without g")
