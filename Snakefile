@@ -24,6 +24,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/studies.smk"
+include: "workflow/rules/pilot.smk"
 
 
 # Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
@@ -47,6 +48,10 @@ localrules:
     study_summarise_gcg,
     summarise_study,
     studies,
+    download_pilot_data,
+    download_pilot_encoder,
+    tabulate_pag_pilot,
+    plot_pag_fgsm_sweep,
 
 
 rule all:

@@ -265,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-stem", type=Path, required=True, help="figure path without suffix (.pdf/.png)")
     _add_config_args(p)
     p.set_defaults(func=cmd_summarise_study)
+
+    from ilm.pilot.cli import add_commands as add_pilot_commands
+
+    add_pilot_commands(sub)
     return parser
 
 

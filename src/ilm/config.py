@@ -85,6 +85,25 @@ STAGES: dict[str, Scope] = {
     "plot_inverse_by_position": Scope(()),
     "plot_gcg_success_rate": Scope(("gcg.iterations", "gcg.steps", "statistics")),
     "summarise_study": Scope(("statistics",)),
+    # the PAG pilot (workflow/rules/pilot.smk)
+    "download_pilot_data": Scope(("pilot.dataset", "pilot.revision")),
+    "download_pilot_encoder": Scope(("pilot.encoder", "pilot.encoder_revision")),
+    "embed_pilot": Scope(
+        ("pilot.dataset", "pilot.revision", "pilot.max_chars", "pilot.generated_examples", "pilot.generated_seed",
+         "pilot.encoder", "pilot.encoder_revision", "pilot.max_tokens", "pilot.embed_batch_size", "pilot.device")
+    ),
+    "train_pilot": Scope(
+        ("pilot.hidden_sizes", "pilot.samples_per_class", "pilot.lambda_ce", "pilot.lambda_pag", "pilot.lr",
+         "pilot.batch_size", "pilot.epochs", "pilot.validation_fraction", "pilot.seed", "pilot.device")
+    ),
+    "attack_pilot": Scope(
+        ("pilot.hidden_sizes", "pilot.seed", "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.square_eps",
+         "pilot.square_queries", "pilot.square_samples", "pilot.fgsm_alphas", "pilot.sweep_start",
+         "pilot.sweep_stop", "pilot.sweep_step", "pilot.attack_samples", "pilot.attack_batch_size",
+         "pilot.device", "statistics.confidence")
+    ),
+    "tabulate_pag_pilot": Scope(("statistics.confidence",)),
+    "plot_pag_fgsm_sweep": Scope(("statistics.confidence",)),
 }
 
 

@@ -7,6 +7,8 @@ from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
 from ilm.io import write_named_by_content
 from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
+from ilm.pilot.config import PILOT_VARIANTS
+from ilm.pilot.data import encoder_folder as pilot_encoder_dir
 from ilm.studies import manifest, manifest_files, point_config, study
 
 config.update(validate_config(config))
@@ -44,6 +46,7 @@ wildcard_constraints:
     shard=r"\d+",
     study=r"[A-Za-z][A-Za-z0-9_]*",
     point=r"[A-Za-z0-9_.=+-]+",
+    pilot_variant="|".join(PILOT_VARIANTS),
 
 
 def config_file(stage):
@@ -110,6 +113,7 @@ def study_targets(name):
 
 def all_targets():
     return [
+        *(pilot_targets() if PILOT["enabled"] else []),
         *[path for name in config["studies"]["run"] for path in study_targets(name)],
         *expand(
             f"{RESULTS}/tables/{{table}}.{{ext}}",
@@ -177,3 +181,38 @@ def study_manifest(wildcards):
 def study_inputs(wildcards):
     """Every metric file of the study: a point equal to the main run reads results/."""
     return manifest_files(manifest(config, wildcards.study, RESULTS))
+
+
+# --- the PAG pilot (workflow/rules/pilot.smk) ---
+PILOT = config["pilot"]
+PILOT_DIR = f"{RESULTS}/pilot"
+
+
+def pilot_dataset_folder():
+    """Where download_pilot_data puts the pilot's HF dataset."""
+    return local_folder(PILOT["dataset"], PILOT["revision"])
+
+
+def pilot_encoder_folder():
+    """Where download_pilot_encoder puts the frozen encoder."""
+    return pilot_encoder_dir(PILOT["encoder"], PILOT["encoder_revision"])
+
+
+def pilot_embed_inputs(wildcards):
+    """The encoder folder, and the dataset folder unless the pilot reads the generated texts."""
+    inputs = {"encoder": pilot_encoder_folder()}
+    if PILOT["dataset"] != "generated":
+        inputs["source"] = pilot_dataset_folder()
+    return inputs
+
+
+def pilot_metric_files():
+    return expand(f"{PILOT_DIR}/metrics/{{v}}.json", v=PILOT["variants"])
+
+
+def pilot_targets():
+    """The pilot's table and figure."""
+    return [
+        *expand(f"{RESULTS}/tables/pag_pilot.{{ext}}", ext=["csv", "md", "tex"]),
+        *expand(f"{RESULTS}/figures/pag_fgsm_sweep.{{ext}}", ext=["pdf", "png"]),
+    ]
