@@ -1,0 +1,146 @@
+"""The PAG pilot: each variant's loss against a hand-written computation, ART's FGSM against a hand FGSM,
+accuracies as rates with Wilson intervals, the validation split and the generated texts."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ilm.pilot.attacks import accuracy, art_classifier, fgsm, hand_fgsm, image_shape, rate, sweep_alphas, to_images
+from ilm.pilot.config import PilotConfig
+from ilm.pilot.data import generated_texts
+from ilm.pilot.train import ClassBank, PilotMLP, split_validation, train_variant, variant_loss
+from ilm.stats import wilson_interval
+
+D, C, B, K = 12, 3, 5, 2
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = PilotMLP(D, (8, 6), C).double()
+    x = torch.randn(B, D, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    bank_x = torch.randn(9, D, dtype=torch.float64)
+    bank_y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    return model, x, y, ClassBank.build(bank_x, bank_y, C)
+
+
+def _grad(model, x, y_fill):
+    """d mean CE(f(x), y) / dx, by autograd on a fresh leaf."""
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(x), y_fill), x)
+    return g
+
+
+def _cos(a, b):
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_pag_losses_match_a_hand_computation():
+    """Each variant's loss equals lambda_ce CE + lambda_pag PAG computed by explicit loops over classes, pairs, features."""
+    model, x, y, bank = _setup()
+    cfg = PilotConfig.from_dict({"samples_per_class": K})
+    ce = float(F.cross_entropy(model(x), y).detach())
+
+    loss, parts = variant_loss("baseline", model, x, y, cfg, bank, torch.Generator().manual_seed(0))
+    assert float(loss) == pytest.approx(ce, rel=1e-12) and parts["pag"] == 0
+
+    g = _grad(model, x, y)
+    identity = 1 - np.mean([_cos(g[i], x[i]) for i in range(B)])
+    loss, _ = variant_loss("pag_identity", model, x, y, cfg, bank, torch.Generator().manual_seed(0))
+    assert float(loss) == pytest.approx(0.5 * ce + 2.5 * identity, rel=1e-10)
+
+    for variant, per_sample in (("pag_score_similar_samples", True), ("pag_score_similar_features", False)):
+        gen = torch.Generator().manual_seed(3)
+        loss, _ = variant_loss(variant, model, x, y, cfg, bank, gen)
+        gen = torch.Generator().manual_seed(3)  # the same draws, in the same order
+        terms = []
+        for c in range(C):
+            r = bank.draw(K, c if per_sample else None, gen)  # (K, D)
+            gc = _grad(model, x, torch.full((B,), c))
+            gc = -gc if per_sample else gc
+            if per_sample:  # one cosine per (a, i) over the features
+                terms.append(np.mean([1 - _cos(gc[i], r[a] - x[i]) for a in range(K) for i in range(B)]))
+            else:  # one cosine per feature j over the K*B rows (the paper's dim=0)
+                rows_g = torch.cat([gc] * K)  # (K*B, D)
+                rows_t = torch.cat([r[a] - x for a in range(K)])
+                terms.append(np.mean([1 - _cos(rows_g[:, j], rows_t[:, j]) for j in range(D)]))
+        expected = 0.5 * ce + 2.5 * sum(terms) / C
+        assert float(loss) == pytest.approx(expected, rel=1e-10), variant
+
+
+def test_pag_term_trains_the_weights():
+    """The PAG term reaches the weights (double backprop): its gradient on the first layer is non-zero."""
+    model, x, y, bank = _setup()
+    cfg = PilotConfig.from_dict({"samples_per_class": K, "lambda_ce": {"pag_identity": 0.0}})
+    loss, _ = variant_loss("pag_identity", model, x, y, cfg, bank, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert model.net[0].weight.grad.abs().sum() > 0
+
+
+def test_art_fgsm_equals_a_hand_fgsm():
+    """ART's FGSM through the (C, s, s) wrapper gives x + alpha sign(grad_x CE), as written out by hand."""
+    torch.manual_seed(1)
+    model = PilotMLP(32, (16,), 2).eval()
+    x, y = torch.randn(10, 32), torch.randint(0, 2, (10,))
+    clf = art_classifier(model, 32, 2, "cpu")
+    adv = fgsm(clf, to_images(x), y.numpy(), 0.05, batch_size=4).reshape(10, 32)
+    expected = hand_fgsm(model, x, y, 0.05).numpy()
+    np.testing.assert_allclose(adv, expected, atol=1e-6)
+    assert np.abs(adv - x.numpy()).max() == pytest.approx(0.05, abs=1e-6)
+
+
+def test_accuracy_is_a_rate_with_its_wilson_interval():
+    """accuracy counts correct predictions over n; its interval is stats.wilson_interval's."""
+    torch.manual_seed(2)
+    model = PilotMLP(8, (4,), 2).eval()
+    x = torch.randn(20, 8)
+    pred = model(x).argmax(1).numpy()
+    labels = pred.copy()
+    labels[:7] = 1 - labels[:7]  # 13 of 20 right
+    r = accuracy(art_classifier(model, 8, 2, "cpu"), to_images(x), labels, 8, 0.95)
+    assert (r["n"], r["correct"], r["accuracy"]) == (20, 13, 0.65)
+    assert (r["low"], r["high"]) == pytest.approx(wilson_interval(13, 20, 0.95))
+    assert rate(0, 10, 0.95)["low"] == 0.0 and rate(10, 10, 0.95)["high"] == 1.0
+
+
+def test_image_shape_and_sweep():
+    """Embeddings fold into (C, s, s) with the largest square (768 -> 3x16x16, the paper's); the sweep spans [start, stop)."""
+    assert image_shape(768) == (3, 16, 16) and image_shape(384) == (6, 8, 8) and image_shape(7) == (7, 1, 1)
+    alphas = sweep_alphas(PilotConfig.from_dict({}))
+    assert len(alphas) == 100 and alphas[0] == 1e-8 and alphas[-1] < 0.05
+    assert math.isclose(alphas[1] - alphas[0], 5e-4)
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    """The validation split holds the fraction of each class, the same for the same seed, disjoint from train."""
+    labels = np.array([0] * 50 + [1] * 30)
+    tr, va = split_validation(labels, 0.1, seed=4)
+    assert set(tr).isdisjoint(va) and len(tr) + len(va) == 80
+    assert np.bincount(labels[va]).tolist() == [5, 3]
+    assert np.array_equal(va, split_validation(labels, 0.1, seed=4)[1])
+    assert not np.array_equal(va, split_validation(labels, 0.1, seed=5)[1])
+
+
+def test_training_is_deterministic_and_learns_a_separable_task():
+    """Two trainings with the same seed give bitwise equal weights; the selected model beats chance on validation."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    cfg = PilotConfig.from_dict({"epochs": 15, "batch_size": 32, "samples_per_class": 3, "lr": 1e-2,
+                                 "hidden_sizes": [8]})
+    a, hist = train_variant("pag_score_similar_samples", x, y, 2, cfg, "cpu")
+    b, _ = train_variant("pag_score_similar_samples", x, y, 2, cfg, "cpu")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert max(h["val_acc"] for h in hist) > 0.8
+
+
+def test_generated_texts_are_balanced_and_seeded():
+    """The generated corpus has balanced labels, the same texts for the same seed, and sentiment in its words."""
+    texts, labels = generated_texts(40, seed=3)
+    assert len(texts) == 40 and labels.sum() == 20
+    assert generated_texts(40, seed=3)[0] == texts and generated_texts(40, seed=4)[0] != texts
+    assert all("In the end everyone" in t for t in texts)
