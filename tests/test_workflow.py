@@ -32,6 +32,8 @@ def test_paper_config_dry_run_resolves_the_whole_dag(tmp_path):
     assert counts["train_model"] == counts["evaluate_model"] == counts["summarise_gcg"] == 4
     assert counts["attack_gcg_shard"] == 4 * 8
     assert "make_corpus" not in counts  # the paper reads TinyStories, not the generated corpus
+    assert counts["download_pilot_data"] == counts["embed_pilot"] == 1  # the pilot: IMDB, DistilBERT
+    assert counts["train_pilot"] == counts["attack_pilot"] == 4
     for rule in ["tabulate_setup", "tabulate_token_entropy", "plot_token_entropy", "plot_training_curves",
                  "tabulate_forward_quality", "tabulate_inverse_accuracy", "plot_inverse_by_position",
                  "tabulate_gcg_summary", "tabulate_gcg_examples", "plot_gcg_success_rate"]:
@@ -140,6 +142,10 @@ def test_smoke_run_produces_every_table_and_figure(smoke_run):
     for name in figures:
         for ext in ["pdf", "png"]:
             assert (smoke_run / "results" / "figures" / f"{name}.{ext}").stat().st_size > 0, name
+    pilot = pd.read_csv(tables / "pag_pilot.csv")  # the PAG pilot: a row per variant, accuracies in [0, 100]
+    assert pilot["Model"].tolist()[0] == "Baseline" and len(pilot) == 4 and (pilot["n"] == 64).all()
+    assert pilot.filter(like="(%)").apply(lambda c: c.between(0, 100)).all().all()
+    assert (smoke_run / "results" / "figures" / "pag_fgsm_sweep.png").stat().st_size > 0
     for variant in VARIANTS:
         model = smoke_run / "results" / "models" / variant
         assert (model / "model.safetensors").exists() and (model / "train_log.csv").exists()
@@ -262,11 +268,12 @@ def test_report_holds_every_table_and_figure(smoke_run, tmp_path):
     results = smoke_run / "results"
     # The run made exactly all_targets() (and the tables of all_targets only), so these are its tables and figures.
     expected = sorted(p.name for p in [*(results / "tables").glob("*.csv"), *(results / "figures").glob("*.png")])
-    assert {"setup.csv", "token_entropy.csv", "training_curves.png", "gcg_success_rate.png"} <= set(expected)
+    assert {"setup.csv", "token_entropy.csv", "training_curves.png", "gcg_success_rate.png", "pag_pilot.csv",
+            "pag_fgsm_sweep.png"} <= set(expected)
     for name in [*expected, "gcg_examples.tex"]:
         assert name in html, name
     assert "Wilson interval" in html and "Shannon entropy" in html  # captions rendered
-    for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness"):
+    for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness", "Pilot"):
         assert category in html, category
 
 
