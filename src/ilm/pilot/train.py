@@ -97,7 +97,7 @@ def variant_loss(variant: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     lam_ce, lam_pag = cfg.lambda_ce[variant], cfg.lambda_pag[variant]
     if variant == "baseline":
         ce = F.cross_entropy(model(x), y)
-        return lam_ce * ce, {"ce": float(ce), "pag": 0.0}
+        return lam_ce * ce, {"ce": float(ce.detach()), "pag": 0.0}
     x = x.detach().clone().requires_grad_(True)
     logits = model(x)  # (B, C)
     ce = F.cross_entropy(logits, y)
@@ -107,7 +107,7 @@ def variant_loss(variant: str, model: nn.Module, x: torch.Tensor, y: torch.Tenso
         assert bank is not None
         pag = pag_score_loss(model, x, logits, bank, cfg.samples_per_class,
                              per_sample=variant == "pag_score_similar_samples", gen=gen)
-    return lam_ce * ce + lam_pag * pag, {"ce": float(ce), "pag": float(pag)}
+    return lam_ce * ce + lam_pag * pag, {"ce": float(ce.detach()), "pag": float(pag.detach())}
 
 
 def split_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
