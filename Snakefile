@@ -24,6 +24,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/studies.smk"
+include: "workflow/rules/invert.smk"
 
 
 # Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
@@ -47,6 +48,8 @@ localrules:
     study_summarise_gcg,
     summarise_study,
     studies,
+    select_invert_samples,
+    tabulate_inversion,
 
 
 rule all:
