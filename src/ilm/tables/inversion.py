@@ -25,8 +25,8 @@ METRICS = (
     ("exact_match", "Exact match"),
     ("positional_accuracy", "Positional acc."),
     ("repeated_tokens", "Repeated tokens"),
-    ("coherence_ce_reconstruction", "Suffix CE | rec."),
-    ("coherence_ce_original", "Suffix CE | orig."),
+    ("coherence_ce_reconstruction", "Suffix CE given rec."),
+    ("coherence_ce_original", "Suffix CE given orig."),
     ("ppl_reconstruction", "Own PPL rec.+Y"),
     ("ppl_original", "Own PPL orig.+Y"),
 )
