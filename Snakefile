@@ -25,6 +25,7 @@ include: "workflow/rules/attack.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/studies.smk"
 include: "workflow/rules/pilot.smk"
+include: "workflow/rules/invert.smk"
 
 
 # Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
@@ -52,6 +53,8 @@ localrules:
     download_pilot_encoder,
     tabulate_pag_pilot,
     plot_pag_fgsm_sweep,
+    select_invert_samples,
+    tabulate_inversion,
 
 
 rule all:

@@ -134,6 +134,9 @@ def test_smoke_run_produces_every_table_and_figure(smoke_run):
     assert (forward["PPL"] > 1).all() and forward["CE"].notna().all()
     assert len(pd.read_csv(tables / "gcg_summary.csv")) == 4
     assert (tables / "gcg_examples.tex").read_text().strip()
+    inversion = pd.read_csv(tables / "inversion.csv")  # every variant and the reverse-bigram baseline
+    assert list(inversion["Method"]) == [*forward["Model"], "Reverse bigram (Baseline-scored)"]
+    assert (inversion["Samples"] == 3).all() and inversion["Token F1 mean"].between(0, 1).all()
     setup = pd.read_csv(tables / "setup.csv", dtype=str)
     assert int(dict(zip(setup["Setting"], setup["Value"]))["Parameters"]) > 0
     entropy = pd.read_csv(tables / "token_entropy.csv")
@@ -273,7 +276,7 @@ def test_report_holds_every_table_and_figure(smoke_run, tmp_path):
     for name in [*expected, "gcg_examples.tex"]:
         assert name in html, name
     assert "Wilson interval" in html and "Shannon entropy" in html  # captions rendered
-    for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness", "Pilot"):
+    for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness", "Pilot", "Grounding"):
         assert category in html, category
 
 

@@ -76,6 +76,8 @@ def tiny_config(train: Optional[dict] = None, **sections) -> dict:
             "device": "cpu",
             "precision": "fp32",
         },
+        "invert": {"skip_tokens": 2, "prefix_length": 4, "suffix_length": 6, "beam": 3, "top_k": 4, "count": 5,
+                   "shards": 2, "batch_samples": 2, "device": "cpu"},
     }
     return validate_config(deep_merge(base, {"train": train or {}, **sections}))
 

@@ -68,36 +68,38 @@ RECORD_KEYS = (
 # --- which windows ---------------------------------------------------------------------------------------
 
 
-def sample_count(n_test: int, fraction: float, count: Optional[int]) -> int:
-    """How many test windows GCG attacks: `count`, or `fraction` of the split; at least one."""
+def sample_count(n_test: int, fraction: float, count: Optional[int], section: str = "gcg") -> int:
+    """How many test windows GCG attacks (or `section` samples): `count`, or `fraction` of the split; at least one."""
     if n_test < 0:
         raise ValueError(f"n_test must be >= 0 (got {n_test})")
     if count is not None:
         if count < 1:
-            raise ValueError(f"gcg.count must be a positive integer or null (got {count})")
+            raise ValueError(f"{section}.count must be a positive integer or null (got {count})")
         if count > n_test:
             raise ValueError(
-                f"gcg.count ({count}) is larger than the test split ({n_test} windows); "
-                "lower gcg.count, or set it to null and use gcg.fraction"
+                f"{section}.count ({count}) is larger than the test split ({n_test} windows); "
+                f"lower {section}.count, or set it to null and use {section}.fraction"
             )
         return count
     if not 0 < fraction <= 1:
-        raise ValueError(f"gcg.fraction must be in (0, 1] (got {fraction})")
+        raise ValueError(f"{section}.fraction must be in (0, 1] (got {fraction})")
     n = int(fraction * n_test)
     if n < 1:
         raise ValueError(
-            f"gcg.fraction ({fraction}) of the {n_test} test windows selects no window; "
-            "raise gcg.fraction or set gcg.count"
+            f"{section}.fraction ({fraction}) of the {n_test} test windows selects no window; "
+            f"raise {section}.fraction or set {section}.count"
         )
     return n
 
 
-def select_samples(n_test: int, fraction: float, count: Optional[int], seed: int) -> np.ndarray:
+def select_samples(
+    n_test: int, fraction: float, count: Optional[int], seed: int, section: str = "gcg"
+) -> np.ndarray:
     """Sorted test indices to attack: a seeded subset of `count` windows, or `fraction` of them (§4.1).
 
     It depends only on its arguments, so every variant attacks the same windows.
     """
-    n = sample_count(n_test, fraction, count)
+    n = sample_count(n_test, fraction, count, section)
     order = np.random.default_rng(seed).permutation(n_test)
     return np.sort(order[:n]).astype(np.int64)
 

@@ -131,6 +131,37 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
     )
 
 
+# --- grounding (inversion) --------------------------------------------------------------------
+
+
+def cmd_bigram_counts(args: argparse.Namespace) -> None:
+    from ilm.invert import write_bigram_counts
+
+    write_bigram_counts(args.data_dir, args.out, _config(args, "count_bigrams"))
+
+
+def cmd_invert_samples(args: argparse.Namespace) -> None:
+    from ilm.invert import write_sample_plan
+
+    write_sample_plan(args.data_dir, args.out, _config(args, "select_invert_samples"))
+
+
+def cmd_invert(args: argparse.Namespace) -> None:
+    _quiet_transformers()
+    from ilm.invert import invert_shard
+
+    cfg = _config(args, "invert_shard")
+    invert_shard(args.model, args.data_dir, args.bigram, args.method, args.shard, args.out, cfg)
+
+
+def cmd_invert_summary(args: argparse.Namespace) -> None:
+    _quiet_transformers()
+    from ilm.invert import read_sample_plan, summarise_shards
+
+    cfg = _config(args, "summarise_inversion")
+    summarise_shards(args.shards, read_sample_plan(args.plan, cfg), args.method, args.model, args.out, cfg)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -243,6 +274,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-out", type=Path, required=True)
     _add_config_args(p)
     p.set_defaults(func=cmd_gcg_summary)
+
+    p = sub.add_parser("bigram-counts", help="count (next, previous) token pairs of the train split (bigram.npy)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="bigram.npy")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_bigram_counts)
+
+    p = sub.add_parser("invert-samples", help="fix the inverted test windows and their shards (samples.json)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="samples.json")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_invert_samples)
+
+    p = sub.add_parser("invert", help="invert shard k of the sampled test prefixes with one method (resumable)")
+    p.add_argument("--method", required=True, help="a variant, or 'bigram' (the baseline; --model is the Baseline)")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--bigram", type=Path, required=True, help="bigram.npy")
+    p.add_argument("--shard", type=int, required=True, help="shard index k in [0, invert.shards)")
+    p.add_argument("--out", type=Path, required=True, help="shard{k}.jsonl")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("invert-summary", help="merge a method's inversion shards into per-sample metrics")
+    p.add_argument("--method", required=True)
+    p.add_argument("--shards", type=Path, nargs="+", required=True, help="every shard file, in shard order")
+    p.add_argument("--plan", type=Path, required=True, help="samples.json")
+    p.add_argument("--model", type=Path, required=True, help="the model that scored the search")
+    p.add_argument("--out", type=Path, required=True, help="inversion.csv")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_invert_summary)
 
     p = sub.add_parser("table", help="build one table from result files")
     p.add_argument("name", help=" | ".join(TABLES))

@@ -104,6 +104,15 @@ STAGES: dict[str, Scope] = {
     ),
     "tabulate_pag_pilot": Scope(("statistics.confidence",)),
     "plot_pag_fgsm_sweep": Scope(("statistics.confidence",)),
+    # grounding (workflow/rules/invert.smk)
+    "count_bigrams": Scope(()),
+    "select_invert_samples": Scope(
+        ("data.window", "invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "invert.fraction",
+         "invert.count", "invert.sample_seed", "invert.shards")
+    ),
+    "invert_shard": Scope(("data", "model", "objective", "invert"), drop=("invert.examples",)),
+    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.batch_samples")),
+    "tabulate_inversion": Scope(()),
 }
 
 
@@ -365,6 +374,25 @@ def _gcg_top_k_fits_vocab(cfg: dict) -> None:
         )
 
 
+def _inversion_fits_window(cfg: dict) -> None:
+    inv, window = cfg["invert"], cfg["data"]["window"]
+    need = inv["skip_tokens"] + inv["prefix_length"] + (inv["suffix_length"] or 1)
+    if need > window:
+        _fail(
+            f"invert.skip_tokens + invert.prefix_length + invert.suffix_length (or 1) = {need} is more than "
+            f"data.window ({window}); shorten them"
+        )
+
+
+def _invert_top_k_fits(cfg: dict) -> None:
+    inv, vocab = cfg["invert"], cfg["model"]["vocab_size"]
+    if not inv["beam"] <= inv["top_k"] <= vocab:
+        _fail(
+            f"invert.top_k ({inv['top_k']}) must be at least invert.beam ({inv['beam']}) and at most "
+            f"model.vocab_size ({vocab}); change invert.top_k"
+        )
+
+
 def _evaluate_top_k_fits_vocab(cfg: dict) -> None:
     largest, vocab = max(cfg["evaluate"]["top_k"]), cfg["model"]["vocab_size"]
     if largest > vocab:
@@ -389,6 +417,8 @@ _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("gcg.iterations", "gcg.steps"), _budgets_within_steps),
     (("gcg.top_k", "gcg.allow_special_tokens", "model.vocab_size"), _gcg_top_k_fits_vocab),
     (("evaluate.top_k", "model.vocab_size"), _evaluate_top_k_fits_vocab),
+    (("invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "data.window"), _inversion_fits_window),
+    (("invert.beam", "invert.top_k", "model.vocab_size"), _invert_top_k_fits),
     (("studies.run", "studies.grids"), _studies_are_valid),
 ]
 

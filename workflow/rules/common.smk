@@ -18,6 +18,9 @@ RESULTS = "results"
 DATA = f"{RESULTS}/data"
 SPLITS = ["train", "validation", "test"]
 GCG_SHARDS = list(range(config["gcg"]["shards"]))
+INVERT_SHARDS = list(range(config["invert"]["shards"]))
+# Inversion methods: every variant, and the reverse-bigram baseline when the Baseline (its scorer) is trained.
+INVERT_METHODS = [*VARIANTS, *(["bigram"] if "base" in VARIANTS else [])]
 
 # Under --sdm conda every job runs in this env, envs/ilm.yaml plus this checkout and the torch build.
 CONDA_ENV = str(
@@ -43,6 +46,7 @@ POINT_CONFIGS = {
 
 wildcard_constraints:
     variant="|".join(VARIANT_NAMES),
+    method="|".join([*VARIANT_NAMES, "bigram"]),
     shard=r"\d+",
     study=r"[A-Za-z][A-Za-z0-9_]*",
     point=r"[A-Za-z0-9_.=+-]+",
@@ -111,9 +115,26 @@ def study_targets(name):
     ]
 
 
+def invert_model_files(wildcards):
+    """The model an inversion method runs: the variant's own, the Baseline for the bigram baseline."""
+    return model_files(
+        variant="base" if wildcards.method == "bigram" else wildcards.method
+    )
+
+
+def invert_metric_files(name):
+    return expand(f"{RESULTS}/metrics/{{method}}/{name}", method=INVERT_METHODS)
+
+
+def grounding_targets():
+    """The grounding tables (workflow/rules/invert.smk)."""
+    return expand(f"{RESULTS}/tables/inversion.{{ext}}", ext=["csv", "md", "tex"])
+
+
 def all_targets():
     return [
         *(pilot_targets() if PILOT["enabled"] else []),
+        *grounding_targets(),
         *[path for name in config["studies"]["run"] for path in study_targets(name)],
         *expand(
             f"{RESULTS}/tables/{{table}}.{{ext}}",

@@ -8,7 +8,15 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-TABLES = ("setup", "token_entropy", "forward_quality", "inverse_accuracy", "gcg_summary", "gcg_examples")
+TABLES = (
+    "setup",
+    "token_entropy",
+    "forward_quality",
+    "inverse_accuracy",
+    "gcg_summary",
+    "gcg_examples",
+    "inversion",
+)
 
 
 def table_module(name: str) -> ModuleType:

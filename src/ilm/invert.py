@@ -1,0 +1,444 @@
+"""Grounding: reconstruct a test prefix from its suffix, right to left (docs/method.md §12; method-spec §5).
+
+For each sampled test window, drop `invert.skip_tokens`, take the next `invert.prefix_length`
+tokens as X and the rest (or `invert.suffix_length` tokens) as the true suffix Y. Starting
+from Y, one token is added in front per step, keeping `invert.beam` beams (§5.1):
+
+1. put a placeholder p in front of every beam (<s>, the Bert-like placeholder, or the
+   reverse-bigram prediction of the beam's first token);
+2. g = d(summed CE of the whole sequence)/dx / objective.grad_scale_tokens at p (the same g as
+   training, docs/method.md §0, so it does not depend on how many beams share a pass);
+3. v = x_p - g (g alone for the `*_grad` variants), projected through the final norm and the
+   head; each beam is expanded by its top-k tokens;
+4. each candidate is scored by the scorer's perplexity of the whole sequence plus the repeat
+   count of the tokens generated so far; the `beam` lowest are kept (stable order on ties).
+
+Every beam of every sample is expanded and scored in one batched pass per step.
+
+The reverse-bigram baseline (`BIGRAM`) uses the same search with other candidates: the top-k
+predecessors of each beam's current first token in the training bigram counts. Unlike the
+paper's code (§9.5.2) its beams are distinct from the first step, the chosen tokens are visible
+to the scorer, it is conditioned on the true suffix, and it is scored by the Baseline model.
+
+Shards are written like the GCG shards (ilm.attack): a locked partial file that survives a kill,
+a meta file that says which model, data and settings it holds, and a rename when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ilm.attack import _append, _whole_records, exclusive_file, meta_path, partial_path, select_samples, shard_samples
+from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
+from ilm.names import BOS_ID, PAD_ID, parse_variant
+from ilm.objectives import embed, forward_ce, project_to_vocab
+
+log = logging.getLogger("ilm.invert")
+
+BIGRAM = "bigram"  # method name of the reverse-bigram baseline (scored by the Baseline model)
+BASE = "base"
+# Settings that change a shard's records (batch_samples and device do not).
+RESULT_KEYS = (
+    "skip_tokens",
+    "prefix_length",
+    "suffix_length",
+    "beam",
+    "top_k",
+    "placeholder",
+    "fraction",
+    "count",
+    "sample_seed",
+    "shards",
+)
+SELECTION_KEYS = ("skip_tokens", "prefix_length", "suffix_length", "fraction", "count", "sample_seed", "shards")
+_BIGRAM_CHUNK = 65536  # windows per bincount, to bound memory on the paper's train split
+
+
+# --- bigram counts ----------------------------------------------------------------------------------------
+
+
+def bigram_counts(windows: np.ndarray, vocab_size: int) -> np.ndarray:
+    """C[next, prev]: how often `prev` directly precedes `next` in the windows.  (N, T) -> (V, V) int64"""
+    windows = np.asarray(windows)
+    counts = np.zeros(vocab_size * vocab_size, dtype=np.int64)
+    for start in range(0, len(windows), _BIGRAM_CHUNK):
+        w = np.asarray(windows[start : start + _BIGRAM_CHUNK]).astype(np.int64)  # (n, T)
+        if w.size and (w.min() < 0 or w.max() >= vocab_size):
+            raise ValueError(f"token ids must lie in [0, {vocab_size}) (model.vocab_size); got {w.min()}..{w.max()}")
+        counts += np.bincount((w[:, 1:] * vocab_size + w[:, :-1]).ravel(), minlength=vocab_size * vocab_size)
+    return counts.reshape(vocab_size, vocab_size)
+
+
+def write_bigram_counts(data_dir: Path, out: Path, config: Mapping) -> None:
+    """results/data/bigram.npy from the train split."""
+    from ilm.data import load_split
+
+    counts = bigram_counts(load_split(Path(data_dir), "train"), config["model"]["vocab_size"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, counts)
+    os.replace(tmp, out)
+    log.info("%d bigrams over %d token types -> %s", int(counts.sum()), counts.shape[0], out)
+
+
+# --- the search -------------------------------------------------------------------------------------------
+
+
+def repeat_count(tokens: torch.Tensor) -> torch.Tensor:
+    """Sum over token types of (count - 1): tokens that repeat an earlier one.  (M, n) -> (M,)"""
+    if tokens.shape[1] < 2:
+        return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    s = tokens.sort(dim=1).values
+    return (s[:, 1:] == s[:, :-1]).sum(dim=1)
+
+
+@torch.no_grad()
+def sequence_ppl(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """exp(mean next-token CE) of each whole sequence under `model`.  (M, T) -> (M,)"""
+    return forward_ce(model, embed(model, ids), ids[:, 1:], reduction="none").mean(dim=1).exp()
+
+
+Proposer = Callable[[torch.Tensor], torch.Tensor]  # (M, L) current sequences -> (M, K) candidate first tokens
+
+
+@dataclass
+class SearchResult:
+    prefixes: torch.Tensor  # (S, B, P) the final beams' generated prefixes, best first
+    scores: torch.Tensor  # (S, B) their scores (perplexity + repeats), ascending
+
+
+def beam_search(scorer: torch.nn.Module, suffix: torch.Tensor, prefix_length: int, beam: int, propose: Proposer):
+    """Grow `prefix_length` tokens in front of each suffix (S, Ls), right to left, all beams in one pass per step."""
+    seqs = suffix.unsqueeze(1)  # (S, 1, Ls)
+    scores = torch.zeros(suffix.shape[0], 1)
+    for step in range(prefix_length):
+        s, b, length = seqs.shape
+        flat = seqs.reshape(s * b, length)  # (S*b, L)
+        tokens = propose(flat)  # (S*b, K)
+        k = tokens.shape[1]
+        cands = torch.cat([tokens.reshape(-1, 1), flat.repeat_interleave(k, dim=0)], dim=1)  # (S*b*K, L+1)
+        score = sequence_ppl(scorer, cands) + repeat_count(cands[:, : step + 1])  # (S*b*K,)
+        score = score.view(s, b * k)
+        order = torch.sort(score, dim=1, stable=True).indices[:, :beam]  # (S, B)
+        seqs = cands.view(s, b * k, length + 1).gather(1, order.unsqueeze(-1).expand(-1, -1, length + 1))
+        scores = score.gather(1, order)
+    return SearchResult(prefixes=seqs[:, :, :prefix_length], scores=scores)
+
+
+def gradient_proposer(
+    model: torch.nn.Module,
+    placeholder: Callable[[torch.Tensor], torch.Tensor],
+    gradient_only: bool,
+    grad_scale_tokens: float,
+    top_k: int,
+) -> Proposer:
+    """Candidates from g at a placeholder in front of each sequence, projected to the vocabulary (§5.1 steps 1-4)."""
+
+    def propose(seqs: torch.Tensor) -> torch.Tensor:
+        ids = torch.cat([placeholder(seqs).unsqueeze(1), seqs], dim=1)  # (M, L+1)
+        with torch.enable_grad():
+            x = embed(model, ids).detach().requires_grad_(True)  # (M, L+1, d)
+            ce = forward_ce(model, x, ids[:, 1:], reduction="sum")
+            (grad,) = torch.autograd.grad(ce, x)
+        g = grad[:, 0] / grad_scale_tokens  # (M, d)
+        v = g if gradient_only else x[:, 0].detach() - g
+        with torch.no_grad():
+            return project_to_vocab(model, v).topk(top_k, dim=1).indices  # (M, K)
+
+    return propose
+
+
+def bigram_proposer(counts: torch.Tensor, top_k: int) -> Proposer:
+    """Candidates: the top-k predecessors of each sequence's first token (ties: lower id first)."""
+
+    def propose(seqs: torch.Tensor) -> torch.Tensor:
+        rows = counts[seqs[:, 0]]  # (M, V)
+        return torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :top_k]
+
+    return propose
+
+
+def placeholder_fn(method: str, placeholder: str, mask_placeholder_id: int, counts: torch.Tensor):
+    """The token put in front of each beam: auto = <s> for Inv-First, the Bert-like placeholder for Bert-like,
+    the reverse-bigram prediction (most frequent predecessor of the first token) otherwise (§5.1 step 1)."""
+    protocol, _ = parse_variant(method)
+    if placeholder == "auto":
+        placeholder = {"inv_first": "bos", "bert_like": "mask"}.get(protocol or "", "bigram")
+    if placeholder == "bigram":
+        reverse = counts.argmax(dim=1)  # (V,): first maximum on ties
+
+        return lambda seqs: reverse[seqs[:, 0]]
+    token = {"bos": BOS_ID, "pad": PAD_ID, "mask": mask_placeholder_id}[placeholder]
+    return lambda seqs: torch.full((seqs.shape[0],), token, dtype=torch.long, device=seqs.device)
+
+
+def search(
+    method: str, model: torch.nn.Module, counts: torch.Tensor, suffix: torch.Tensor, config: Mapping
+) -> SearchResult:
+    """Invert a batch of suffixes (S, Ls) with `method`: a variant (gradient-guided) or BIGRAM (scored by `model`)."""
+    inv, obj = config["invert"], config["objective"]
+    if method == BIGRAM:
+        propose = bigram_proposer(counts, inv["top_k"])
+    else:
+        from ilm.objectives import ObjectiveConfig
+
+        _, gradient_only = parse_variant(method)
+        mask_id = ObjectiveConfig.from_dict(obj).placeholder_id
+        place = placeholder_fn(method, inv["placeholder"], mask_id, counts)
+        propose = gradient_proposer(model, place, gradient_only, obj["grad_scale_tokens"], inv["top_k"])
+    return beam_search(model, suffix, inv["prefix_length"], inv["beam"], propose)
+
+
+# --- which windows ----------------------------------------------------------------------------------------
+
+
+def window_parts(windows: np.ndarray, inv: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """(X (S, P), Y (S, Ls)) of test windows: skip, prefix, then the suffix."""
+    skip, p = inv["skip_tokens"], inv["prefix_length"]
+    rest = windows.shape[1] - skip - p
+    ls = inv["suffix_length"] if inv["suffix_length"] is not None else rest
+    if ls < 1 or ls > rest:
+        raise ValueError(
+            f"test windows of {windows.shape[1]} tokens leave {rest} suffix tokens after invert.skip_tokens + "
+            f"invert.prefix_length, but {ls} are needed; shorten invert.suffix_length or invert.prefix_length"
+        )
+    rows = np.asarray(windows).astype(np.int64)
+    return rows[:, skip : skip + p], rows[:, skip + p : skip + p + ls]
+
+
+def write_sample_plan(data_dir: Path, out: Path, config: Mapping) -> dict:
+    """results/inversion/samples.json: the inverted test windows and their shards, the same for every variant."""
+    from ilm.data import load_split
+
+    data_dir, inv = Path(data_dir), config["invert"]
+    windows = load_split(data_dir, "test")
+    window_parts(np.asarray(windows[:1]), inv)
+    samples = select_samples(len(windows), inv["fraction"], inv["count"], inv["sample_seed"], "invert")
+    plan = {
+        "test_windows": int(len(windows)),
+        "samples": samples.tolist(),
+        "shards": [shard_samples(samples, k, inv["shards"]).tolist() for k in range(inv["shards"])],
+        "meta": provenance({k: inv[k] for k in SELECTION_KEYS}, inputs={"test.npy": file_sha256(data_dir / "test.npy")}),
+    }
+    write_json(out, plan)
+    log.info("%d of %d test windows in %d shards -> %s", len(samples), len(windows), inv["shards"], out)
+    return plan
+
+
+def read_sample_plan(path: Path, config: Mapping) -> dict:
+    """samples.json, checked against the current selection settings."""
+    path = Path(path)
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable sample plan ({e}); run `ilm invert-samples` again") from None
+    made_with = plan.get("meta", {}).get("config", {})
+    differing = [k for k in SELECTION_KEYS if made_with.get(k) != config["invert"][k]]
+    if differing:
+        raise ValueError(
+            f"{path} was made with other invert settings ({', '.join('invert.' + k for k in differing)}); "
+            "run `ilm invert-samples` again"
+        )
+    return plan
+
+
+# --- one shard --------------------------------------------------------------------------------------------
+
+
+def _settings(config: Mapping, method: str) -> dict:
+    obj = config["objective"]
+    return {
+        "method": method,
+        **{k: config["invert"][k] for k in RESULT_KEYS},
+        "grad_scale_tokens": obj["grad_scale_tokens"],
+        "mask_placeholder": obj["mask_placeholder"],
+    }
+
+
+def _resumable(out: Path, settings: dict, inputs: dict) -> bool:
+    try:
+        old = json.loads(meta_path(out).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return old.get("settings") == settings and old.get("inputs_sha256") == inputs
+
+
+def _check_resumed(records: list[dict], mine: list[int], fingerprint: str, path: Path) -> None:
+    allowed, seen = set(mine), set()
+    for rec in records:
+        s = int(rec["sample"])
+        if rec.get("model_sha256") != fingerprint or s not in allowed or s in seen:
+            raise ValueError(f"{path} holds a record for sample {s} that does not fit this shard; delete it to restart")
+        seen.add(s)
+
+
+def invert_shard(
+    model_dir: Path, data_dir: Path, bigram: Path, method: str, shard: int, out: Path, config: Mapping
+) -> None:
+    """Invert shard `shard` of the sampled windows with `method` and write `out` (JSON lines), resumably."""
+    from ilm.data import load_split
+    from ilm.model import load_model, resolve_device
+
+    if method != BIGRAM:
+        parse_variant(method)
+    model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
+    inv = config["invert"]
+    windows = load_split(data_dir, "test")
+    samples = select_samples(len(windows), inv["fraction"], inv["count"], inv["sample_seed"], "invert")
+    mine = [int(s) for s in shard_samples(samples, shard, inv["shards"])]
+    fingerprint = model_fingerprint(model_dir)
+    inputs = {"model": fingerprint, "test.npy": file_sha256(data_dir / "test.npy"), "bigram.npy": file_sha256(bigram)}
+    settings = _settings(config, method)
+    partial = partial_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_file(partial) as fd:
+        records, keep = [], 0
+        text = partial.read_text()
+        if text and _resumable(out, settings, inputs):
+            records, keep = _whole_records(text, partial)
+            _check_resumed(records, mine, fingerprint, partial)
+        elif text:
+            log.warning("%s was written by another model, other data or other settings: starting over", partial)
+        os.ftruncate(fd, keep)
+        os.fsync(fd)
+        write_json(
+            meta_path(out),
+            provenance(dict(inv), inputs=inputs, settings=settings, model_dir=str(model_dir), shard=shard, samples=mine),
+        )
+        done = {int(r["sample"]) for r in records}
+        todo = [s for s in mine if s not in done]
+        log.info("%s shard %d: %d samples, %d done, %d to invert", method, shard, len(mine), len(done), len(todo))
+        if todo:
+            device = resolve_device(inv["device"])
+            model = load_model(model_dir, device).requires_grad_(False)
+            counts = torch.from_numpy(np.load(bigram)).to(device)
+            size = inv["batch_samples"]
+            for b in range(0, len(todo), size):
+                batch = todo[b : b + size]
+                x, y = window_parts(np.asarray(windows[batch]), inv)
+                started = time.perf_counter()
+                result = search(method, model, counts, torch.from_numpy(y).to(device), config)
+                seconds = time.perf_counter() - started
+                _append(fd, [
+                    {
+                        "sample": s,
+                        "method": method,
+                        "model_sha256": fingerprint,
+                        "prefix_ids": x[i].tolist(),
+                        "suffix_ids": y[i].tolist(),
+                        "reconstruction_ids": result.prefixes[i, 0].tolist(),
+                        "beam_ids": result.prefixes[i].tolist(),
+                        "beam_scores": result.scores[i].tolist(),
+                        "seconds": seconds / len(batch),
+                    }
+                    for i, s in enumerate(batch)
+                ])
+                log.info(
+                    "%s shard %d | samples %d/%d | %.2f samples/s",
+                    method, shard, len(done) + b + len(batch), len(mine), len(batch) / seconds,
+                )
+        os.replace(partial, out)
+    log.info("%s shard %d complete: %s", method, shard, out)
+
+
+# --- merge and token-id metrics ---------------------------------------------------------------------------
+
+
+def token_metrics(original: list[int], reconstruction: list[int]) -> dict:
+    """Set precision/recall/F1 on unique ids, exact match, positional accuracy and repeats (§5.3, on token ids)."""
+    if len(original) != len(reconstruction) or not original:
+        raise ValueError(f"prefixes must be non-empty and equally long ({len(original)} vs {len(reconstruction)})")
+    a, b = set(original), set(reconstruction)
+    common = len(a & b)
+    precision, recall = common / len(b), common / len(a)
+    f1 = 2 * precision * recall / (precision + recall) if common else 0.0
+    same = [int(o == r) for o, r in zip(original, reconstruction)]
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "exact_match": float(all(same)),
+        "positional_accuracy": sum(same) / len(same),
+        "repeated_tokens": len(reconstruction) - len(b),
+    }
+
+
+@torch.no_grad()
+def model_metrics(model: torch.nn.Module, prefix: torch.Tensor, suffix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CE of the suffix given the prefix, perplexity of prefix + suffix) under `model`.  (S, P), (S, Ls) -> (S,), (S,)"""
+    ids = torch.cat([prefix, suffix], dim=1)
+    ce = forward_ce(model, embed(model, ids), ids[:, 1:], reduction="none")  # (S, P+Ls-1)
+    return ce[:, prefix.shape[1] - 1 :].mean(dim=1), ce.mean(dim=1).exp()
+
+
+def _ids(values) -> str:
+    return " ".join(str(int(v)) for v in values)
+
+
+def summarise_shards(
+    shards: list[Path], plan: Mapping, method: str, model_dir: Path, out: Path, config: Mapping
+) -> "pd.DataFrame":  # noqa: F821
+    """Merge a method's shards (each complete, one model) into per-sample token-id metrics (results/metrics/<m>/inversion.csv)."""
+    import pandas as pd
+
+    from ilm.model import load_model, resolve_device
+
+    fingerprint = model_fingerprint(model_dir)
+    records = []
+    for k, path in enumerate(shards):
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"inversion shard {path} does not exist; run `ilm invert` for it first")
+        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        got = sorted(int(r["sample"]) for r in recs)
+        if got != sorted(plan["shards"][k]) or any(r["model_sha256"] != fingerprint for r in recs):
+            raise ValueError(f"{path} does not hold exactly shard {k}'s samples from {model_dir}; run that shard again")
+        records += recs
+    records.sort(key=lambda r: r["sample"])
+    device = resolve_device(config["invert"]["device"])
+    model = load_model(model_dir, device)
+    rows = []
+    size = config["invert"]["batch_samples"]
+    for b in range(0, len(records), size):
+        batch = records[b : b + size]
+        x = torch.tensor([r["prefix_ids"] for r in batch], device=device)
+        xh = torch.tensor([r["reconstruction_ids"] for r in batch], device=device)
+        y = torch.tensor([r["suffix_ids"] for r in batch], device=device)
+        ce_orig, ppl_orig = model_metrics(model, x, y)
+        ce_rec, ppl_rec = model_metrics(model, xh, y)
+        for i, r in enumerate(batch):
+            rows.append({
+                "method": method,
+                "sample": r["sample"],
+                **token_metrics(r["prefix_ids"], r["reconstruction_ids"]),
+                "coherence_ce_reconstruction": float(ce_rec[i]),
+                "coherence_ce_original": float(ce_orig[i]),
+                "ppl_reconstruction": float(ppl_rec[i]),
+                "ppl_original": float(ppl_orig[i]),
+                "search_score": r["beam_scores"][0],
+                "seconds": r["seconds"],
+                "prefix_ids": _ids(r["prefix_ids"]),
+                "reconstruction_ids": _ids(r["reconstruction_ids"]),
+                "suffix_ids": _ids(r["suffix_ids"]),
+            })
+    frame = pd.DataFrame(rows)
+    out = Path(out)
+    write_text(out, frame.to_csv(index=False))
+    write_json(
+        meta_path(out),
+        provenance(dict(config["invert"]), inputs={**{str(p): file_sha256(p) for p in shards}, "model": fingerprint},
+                   model_sha256=fingerprint, method=method),
+    )
+    log.info("%s: %d samples, mean F1 %.3f -> %s", method, len(frame), frame["f1"].mean() if len(frame) else 0, out)
+    return frame
+

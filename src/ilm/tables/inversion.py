@@ -1,0 +1,109 @@
+"""Table `inversion` (rule tabulate_inversion): grounding per variant and the reverse-bigram baseline (method-spec §5, E13).
+
+One row per method, mean ± standard deviation (ddof 1) over the inverted samples of every
+per-sample metric in results/metrics/<method>/inversion.csv, and the sample count. The CSV holds
+the means and standard deviations as numbers; the Markdown and LaTeX versions show "mean ± std".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from ilm.invert import BIGRAM
+from ilm.io import write_text
+from ilm.names import order_variants, variant_name
+from ilm.tables.common import latex_escape, to_markdown, variant_of
+
+# (column of the per-sample file, name in the table)
+METRICS = (
+    ("f1", "Token F1"),
+    ("precision", "Token precision"),
+    ("recall", "Token recall"),
+    ("exact_match", "Exact match"),
+    ("positional_accuracy", "Positional acc."),
+    ("repeated_tokens", "Repeated tokens"),
+    ("coherence_ce_reconstruction", "Suffix CE given rec."),
+    ("coherence_ce_original", "Suffix CE given orig."),
+    ("ppl_reconstruction", "Own PPL rec.+Y"),
+    ("ppl_original", "Own PPL orig.+Y"),
+)
+# Judge metrics (results/metrics/<method>/inversion_judged.csv), shown when present.
+TEXT_METRICS = (
+    ("similarity_prefix", "Similarity prefix"),
+    ("similarity_full", "Similarity full"),
+    ("judge_ppl_prefix_reconstruction", "Judge PPL rec."),
+    ("judge_ppl_prefix_original", "Judge PPL orig."),
+    ("judge_ppl_full_reconstruction", "Judge PPL rec.+Y"),
+    ("judge_ppl_full_original", "Judge PPL orig.+Y"),
+)
+
+
+def method_name(method: str) -> str:
+    return "Reverse bigram (Baseline-scored)" if method == BIGRAM else variant_name(method)
+
+
+def build(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per method: Samples, then `<metric> mean` and `<metric> std` of every metric present."""
+    methods = order_variants([m for m in frames if m != BIGRAM]) + ([BIGRAM] if BIGRAM in frames else [])
+    rows = []
+    for method in methods:
+        f = frames[method]
+        row: dict = {"Method": method_name(method), "Samples": len(f)}
+        for column, name in METRICS + TEXT_METRICS:
+            if column in f:
+                row[f"{name} mean"] = float(f[column].mean())
+                row[f"{name} std"] = float(f[column].std(ddof=1)) if len(f) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pm(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """The table with each mean/std pair joined into one "mean ± std" column."""
+    out = table[["Method", "Samples"]].copy()
+    for column in table.columns:
+        if column.endswith(" mean"):
+            name = column[: -len(" mean")]
+            std = table[f"{name} std"]
+            out[name] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(table[column], std)]
+    return out
+
+
+def caption(table: pd.DataFrame) -> str:
+    counts = sorted(set(table["Samples"]))
+    n = f"{counts[0]} test prefixes" if len(counts) == 1 else "the inverted test prefixes (column Samples)"
+    return (
+        f"Inversion of {n}, the same for every method: mean ± std (ddof 1) per sample. Token precision, recall "
+        "and F1 on the sets of ids of the reconstructed and original prefix; exact match and positional accuracy "
+        "on the 20 positions; repeated tokens in the reconstruction; the evaluated model's CE of the true suffix "
+        "given the reconstruction or the original prefix, and its perplexity of either followed by the suffix. "
+        "The reverse-bigram baseline is scored by the Baseline model."
+    )
+
+
+def read_frames(inputs: Sequence[Path]) -> dict[str, pd.DataFrame]:
+    frames = {}
+    for path in map(Path, inputs):
+        if not path.is_file():
+            raise ValueError(f"inversion metrics {path} do not exist; run `ilm invert-summary` for it first")
+        frames[variant_of(path)] = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"])
+    return frames
+
+
+def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=None) -> None:
+    """results/tables/inversion.{csv,md,tex}."""
+    table = build(read_frames(inputs))
+    stem = Path(out_stem)
+    shown = pm(table)
+    write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    write_text(stem.with_suffix(".md"), to_markdown(shown))
+    cols = "l" + "r" * (len(shown.columns) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption(table))}}}",
+             r"\label{tab:inversion}", r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in shown.columns) + r" \\", r"\midrule"]
+    for row in shown.itertuples(index=False):
+        lines.append(" & ".join(latex_escape(str(v)).replace("±", r"$\pm$") for v in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
+    write_text(stem.with_suffix(".tex"), "\n".join(lines) + "\n")

@@ -1,0 +1,112 @@
+rule count_bigrams:
+    # Counts of (next, previous) token pairs over the train split: the reverse-bigram baseline and placeholder.
+    input:
+        train=f"{DATA}/train.npy",
+    output:
+        counts=f"{DATA}/bigram.npy",
+    log:
+        "logs/invert/count_bigrams.log",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=8000,
+    params:
+        data_dir=input_dir("train"),
+        config=config_file("count_bigrams"),
+    shell:
+        "ilm bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} > {log} 2>&1"
+
+
+rule select_invert_samples:
+    # The inverted test windows and their shards, the same for every variant and the bigram baseline.
+    input:
+        test=f"{DATA}/test.npy",
+    output:
+        plan=f"{RESULTS}/inversion/samples.json",
+    log:
+        "logs/invert/select_samples.log",
+    conda:
+        CONDA_ENV
+    params:
+        data_dir=input_dir("test"),
+        config=config_file("select_invert_samples"),
+    shell:
+        "ilm invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} > {log} 2>&1"
+
+
+rule invert_shard:
+    # Shard k of the inversions of one method (a variant, or `bigram` scored by the Baseline); resumable.
+    input:
+        model=invert_model_files,
+        test=f"{DATA}/test.npy",
+        bigram=f"{DATA}/bigram.npy",
+        plan=f"{RESULTS}/inversion/samples.json",
+    output:
+        shard=f"{RESULTS}/inversion/{{method}}/shard{{shard}}.jsonl",
+    log:
+        "logs/invert/{method}/shard{shard}.log",
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    params:
+        model_dir=model_dir,
+        data_dir=input_dir("test"),
+        config=config_file("invert_shard"),
+    shell:
+        "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
+        " --data-dir {params.data_dir} --bigram {input.bigram} --shard {wildcards.shard}"
+        " --out {output.shard} --config {params.config} > {log} 2>&1"
+
+
+rule summarise_inversion:
+    # Merge a method's shards; per-sample token-id metrics and the scoring model's suffix CE and perplexity.
+    input:
+        shards=expand(
+            f"{RESULTS}/inversion/{{{{method}}}}/shard{{shard}}.jsonl",
+            shard=INVERT_SHARDS,
+        ),
+        plan=f"{RESULTS}/inversion/samples.json",
+        model=invert_model_files,
+    output:
+        metrics=f"{RESULTS}/metrics/{{method}}/inversion.csv",
+    log:
+        "logs/invert/{method}/summary.log",
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+    params:
+        model_dir=model_dir,
+        config=config_file("summarise_inversion"),
+    shell:
+        "ilm --threads {threads} invert-summary --method {wildcards.method} --shards {input.shards}"
+        " --plan {input.plan} --model {params.model_dir} --out {output.metrics} --config {params.config} > {log} 2>&1"
+
+
+rule tabulate_inversion:
+    # Inversion metrics per variant and the reverse-bigram baseline, mean ± std over the same samples.
+    input:
+        metrics=invert_metric_files("inversion.csv"),
+    output:
+        csv=report(
+            f"{RESULTS}/tables/inversion.csv",
+            caption="../report/inversion.rst",
+            category="Grounding",
+        ),
+        md=f"{RESULTS}/tables/inversion.md",
+        tex=f"{RESULTS}/tables/inversion.tex",
+    log:
+        "logs/tables/inversion.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+        config=config_file("tabulate_inversion"),
+    shell:
+        "ilm table inversion --inputs {input.metrics}"
+        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
