@@ -19,7 +19,13 @@ PROFILE_ARGS = ("--profile", str(REPO / "profiles" / "slurm"), "--profile", str(
 # A node announced bigger than this 2-core machine so profiles/slurm's requests (32 GB for training)
 # are schedulable; 4 CPUs and 4 fake GPUs let 4 one-thread jobs run at once. Nothing is enforced.
 NODE = {"ILM_SLURM_NODE_CPUS": "4", "ILM_SLURM_NODE_MEM_MB": "262144", "ILM_SLURM_FAKE_GPUS": "4"}
-GPU_RULES = {"train_model", "evaluate_model", "attack_gcg_shard"}
+# Rules whose `resources:` ask for a GPU (gpu=1), read from the rule files.
+GPU_RULES = {
+    block.split(":", 1)[0].strip()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk")
+    for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]
+    if re.search(r"^\s+gpu=1,", block, flags=re.M)
+}
 # Rules the Snakefile declares `localrules`: they run beside Snakemake, never through sbatch.
 LOCAL_RULES = set(
     re.search(r"^localrules:\n((?:    \w+,\n)+)", SNAKEFILE.read_text(), flags=re.M).group(1).replace(",", "").split()
