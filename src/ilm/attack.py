@@ -145,17 +145,25 @@ def write_sample_plan(data_dir: Path, out: Path, config: Mapping) -> dict:
 
 def read_sample_plan(path: Path, config: Mapping) -> dict:
     """samples.json, checked against the current selection settings."""
+    return read_plan(path, config["gcg"], SELECTION_KEYS, "gcg", "gcg-samples")
+
+
+def read_plan(path: Path, settings: Mapping, keys, section: str, command: str) -> dict:
+    """A sample plan (GCG or inversion), checked against the `section` settings it was selected with.
+
+    `keys` are the settings that decide the selection; `command` is the `ilm` command that rewrites the plan.
+    """
     path = Path(path)
     try:
         plan = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable sample plan ({e}); run `ilm gcg-samples` again") from None
+        raise ValueError(f"{path} is not a readable sample plan ({e}); run `ilm {command}` again") from None
     made_with = plan.get("meta", {}).get("config", {})
-    differing = [k for k in SELECTION_KEYS if made_with.get(k) != config["gcg"][k]]
+    differing = [k for k in keys if made_with.get(k) != settings[k]]
     if differing:
         raise ValueError(
-            f"{path} was made with other gcg settings ({', '.join('gcg.' + k for k in differing)}); "
-            "run `ilm gcg-samples` again"
+            f"{path} was made with other {section} settings ({', '.join(f'{section}.{k}' for k in differing)}); "
+            f"run `ilm {command}` again"
         )
     return plan
 

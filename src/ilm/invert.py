@@ -37,7 +37,16 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from ilm.attack import _append, _whole_records, exclusive_file, meta_path, partial_path, select_samples, shard_samples
+from ilm.attack import (
+    _append,
+    _whole_records,
+    exclusive_file,
+    meta_path,
+    partial_path,
+    read_plan,
+    select_samples,
+    shard_samples,
+)
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
 from ilm.names import BOS_ID, PAD_ID, parse_variant
 from ilm.objectives import embed, forward_ce, project_to_vocab
@@ -237,19 +246,7 @@ def write_sample_plan(data_dir: Path, out: Path, config: Mapping) -> dict:
 
 def read_sample_plan(path: Path, config: Mapping) -> dict:
     """samples.json, checked against the current selection settings."""
-    path = Path(path)
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable sample plan ({e}); run `ilm invert-samples` again") from None
-    made_with = plan.get("meta", {}).get("config", {})
-    differing = [k for k in SELECTION_KEYS if made_with.get(k) != config["invert"][k]]
-    if differing:
-        raise ValueError(
-            f"{path} was made with other invert settings ({', '.join('invert.' + k for k in differing)}); "
-            "run `ilm invert-samples` again"
-        )
-    return plan
+    return read_plan(path, config["invert"], SELECTION_KEYS, "invert", "invert-samples")
 
 
 # --- one shard --------------------------------------------------------------------------------------------
