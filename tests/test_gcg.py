@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import ilm.gcg
 from ilm.config import load_config
 from ilm.gcg import (
     GCGConfig,
@@ -15,11 +16,12 @@ from ilm.gcg import (
     prefix_gradient,
     run,
     sample_candidates,
+    sample_keys,
     use_sdpa_attention,
-    sample_generator,
     top_k_substitutions,
 )
 from ilm.names import SPECIAL_TOKENS
+from nosync import HostSyncError, forbid_host_sync
 from tiny import VOCAB as V
 from tiny import tiny_model
 
@@ -112,8 +114,8 @@ def test_candidates_substitute_one_top_k_token():
     current = random_ids((S, P), 3, high=10)
     # Top-k tokens >= 10 never equal a current token, so every candidate differs in exactly one place.
     top = 10 + random_ids((S, P, K), 4, high=V - 10)
-    gens = [sample_generator(444, s) for s in range(S)]
-    cands = sample_candidates(current, top, W, gens)
+    keys = sample_keys(444, range(S))
+    cands = sample_candidates(current, top, W, keys, step=3)
     assert cands.ids.shape == (S, W, P)
     changed = cands.ids != current[:, None, :]  # (S, W, P)
     assert torch.all(changed.sum(-1) == 1)
@@ -125,19 +127,24 @@ def test_candidates_substitute_one_top_k_token():
     # Uniform draws over 400 candidates reach every position.
     for s in range(S):
         assert set(cands.positions[s].tolist()) == set(range(P))
-    again = sample_candidates(current, top, W, [sample_generator(444, s) for s in range(S)])
+    again = sample_candidates(current, top, W, sample_keys(444, range(S)), step=3)
     assert torch.equal(again.ids, cands.ids)
 
 
-def test_sample_streams_depend_on_both_seeds():
-    """Each sample's generator depends on gcg.seed and on its own sample seed."""
+def test_sample_streams_depend_on_both_seeds_and_the_step():
+    """A sample's candidates depend on gcg.seed, its own sample seed and the step, and on nothing else."""
+    current, top = random_ids((1, P), 3), random_ids((1, P, 8), 4)
 
-    def draws(base: int, sample: int) -> list[int]:
-        return torch.randint(1000, (8,), generator=sample_generator(base, sample)).tolist()
+    def draws(base: int, sample: int, step: int) -> list[int]:
+        return sample_candidates(current, top, 16, sample_keys(base, [sample]), step).ids.flatten().tolist()
 
-    assert draws(444, 1) == draws(444, 1)
-    assert draws(444, 1) != draws(444, 2)
-    assert draws(444, 1) != draws(445, 1)
+    assert draws(444, 1, 0) == draws(444, 1, 0)
+    assert draws(444, 1, 0) != draws(444, 2, 0)
+    assert draws(444, 1, 0) != draws(445, 1, 0)
+    assert draws(444, 1, 0) != draws(444, 1, 1)
+    # In a batch, a sample's rows are exactly its draws alone (integer arithmetic: bit for bit).
+    batch = sample_candidates(current.expand(3, P), top.expand(3, P, 8), 16, sample_keys(444, [7, 1, 9]), 0)
+    assert batch.ids[1].flatten().tolist() == draws(444, 1, 0)
 
 
 def test_top_k_takes_most_negative_and_skips_banned():
@@ -239,7 +246,7 @@ def test_bad_shapes_are_refused():
 
 
 def test_attack_finds_trigger_on_memorised_model():
-    """On a model that memorised 4 windows, GCG from a random init beats a one-token-corrupted original prefix."""
+    """On a model that memorised 4 windows, GCG from random inits mostly beats a one-token-corrupted original prefix."""
     vocab, p, t = 32, 4, 4
     model = tiny_model(seed=0, vocab_size=vocab, hidden_size=32, intermediate_size=64, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=16)
@@ -257,9 +264,99 @@ def test_attack_finds_trigger_on_memorised_model():
     orig[:, -1] = 6 + (orig[:, -1] - 6 + 7) % (vocab - 6)  # the last prefix token drives the target most
     cfg = GCGConfig.from_dict(dict(prefix_length=p, target_length=t, steps=20, search_width=64, top_k=16,
                                    precision="fp32"))
-    results = run(model, orig, data[:, p:], cfg, sample_seeds=[0, 1, 2, 3])
-    for r in results:
-        assert r.orig_loss > 1.0  # the corruption broke the memorised continuation
-        assert r.attack_loss <= r.orig_loss
-        assert r.attack_loss < 0.1 * r.orig_loss
-        assert r.trajectory[0] > r.attack_loss  # the search improved on its first step
+    # Each window attacked from 8 random inits: one attack in ~5 stalls above 0.1x its original loss
+    # whatever the random stream (measured over 60 seeds), so the test holds rates, not one lucky draw.
+    reps = 8
+    results = run(model, orig.repeat(reps, 1), data[:, p:].repeat(reps, 1), cfg, sample_seeds=range(4 * reps))
+    assert all(r.orig_loss > 1.0 for r in results)  # the corruption broke the memorised continuation
+    assert all(r.trajectory[0] > r.attack_loss for r in results)  # the search improved after its first step
+    ratios = sorted(r.attack_loss / r.orig_loss for r in results)
+    assert sum(x <= 1 for x in ratios) >= 0.75 * len(ratios)  # successful attacks (attack loss <= original)
+    assert sum(x < 0.1 for x in ratios) >= 0.5 * len(ratios)
+    assert ratios[len(ratios) // 2] < 0.05
+
+
+@pytest.mark.parametrize(
+    "sync",
+    [
+        lambda t: t.sum().item(),
+        lambda t: t.tolist(),
+        lambda t: bool(t.sum() > 0),
+        lambda t: t.nonzero(),
+        lambda t: t[t > 3],
+        lambda t: t.cpu(),
+        lambda t: F.one_hot(t, 16),  # on CPU it reads the ids' min and max inside the kernel
+    ],
+    ids=["item", "tolist", "bool", "nonzero", "mask-index", "cpu", "one_hot"],
+)
+def test_sync_guard_catches_host_reads(sync):
+    """forbid_host_sync raises on each way a step could wait for the host, including reads inside C++ kernels."""
+    t = torch.arange(8)
+    with pytest.raises(HostSyncError, match="host synchronisation"):
+        with forbid_host_sync():
+            sync(t)
+    sync(t)  # and the guard is gone afterwards
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_step_never_synchronises_with_the_host(monkeypatch, attention):
+    """Every GCG step runs under forbid_host_sync (init, banned ids, chunked candidates) and gives the same result."""
+    model = tiny_model(seed=24)
+    model.set_attn_implementation(attention)
+    prefix, target = random_ids((3, P), 25), random_ids((3, L), 26)
+    cfg = config(steps=4, max_candidates_per_forward=10, allow_special_tokens=False)
+    free = run(model, prefix, target, cfg, [3, 4, 5])
+    real_step, steps = ilm.gcg.search_step, []
+
+    def guarded_step(search, state, step):
+        with forbid_host_sync():
+            real_step(search, state, step)
+        steps.append(step)
+
+    monkeypatch.setattr(ilm.gcg, "search_step", guarded_step)
+    guarded = run(model, prefix, target, cfg, [3, 4, 5])
+    assert steps == [0, 1, 2, 3]
+    for a, b in zip(guarded, free):
+        assert dataclasses.replace(a, seconds=0) == dataclasses.replace(b, seconds=0)
+
+
+def test_compile_auto_never_compiles_on_cpu(monkeypatch):
+    """gcg.compile auto compiles on CUDA only: on CPU the candidate forward is never handed to torch.compile."""
+    assert ilm.gcg.use_compile("auto", torch.device("cuda")) and not ilm.gcg.use_compile("auto", torch.device("cpu"))
+    assert ilm.gcg.use_compile(True, torch.device("cpu")) and not ilm.gcg.use_compile(False, torch.device("cuda"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compile called on CPU with gcg.compile auto")
+
+    monkeypatch.setattr(ilm.gcg, "_compiled_score_chunk", None)
+    monkeypatch.setattr(torch, "compile", refuse)
+    model = tiny_model(seed=30)
+    run(model, random_ids((2, P), 31), random_ids((2, L), 32), config(steps=2, compile="auto"), [0, 1])
+    with pytest.raises(ValueError, match="gcg.compile"):
+        config(compile="yes")
+
+
+def test_compiled_candidate_forward_gives_the_eager_attack(monkeypatch):
+    """gcg.compile true runs the candidate forward as one compiled graph and finds the eager attack (CPU, ~15 s)."""
+    from torch._dynamo.utils import counters
+
+    real_compile, compiled = torch.compile, []
+
+    def spy(fn, *args, **kwargs):
+        compiled.append(fn)
+        return real_compile(fn, *args, **kwargs)
+
+    monkeypatch.setattr(ilm.gcg, "_compiled_score_chunk", None)
+    monkeypatch.setattr(torch, "compile", spy)
+    counters.clear()
+    model = use_sdpa_attention(tiny_model(seed=30))
+    prefix, target = random_ids((2, P), 33), random_ids((2, L), 34)
+    # 2 samples x 24 candidates = one chunk of 48: one shape, one compilation.
+    cfg = config(steps=3, max_candidates_per_forward=48)
+    eager = run(model, prefix, target, dataclasses.replace(cfg, compile=False), [0, 1])
+    fast = run(model, prefix, target, dataclasses.replace(cfg, compile=True), [0, 1])
+    assert compiled == [ilm.gcg.score_chunk]
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    for a, b in zip(fast, eager):
+        assert a.attack_ids == b.attack_ids and a.best_step == b.best_step
+        assert max(abs(x - y) for x, y in zip(a.trajectory, b.trajectory)) < 1e-5

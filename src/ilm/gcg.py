@@ -11,9 +11,11 @@ The attack searches a `prefix_length`-token prefix x* that makes the model predi
 4. all candidates scored in no-grad forwards; the argmin becomes the current prefix even
    when it is worse (plain GCG); the best-so-far prefix is tracked.
 
-Several samples are attacked together, but each sample draws its init and candidates from
-its own generator in a fixed order and every sequence is scored on its own row, so a
-sample's result depends neither on its batch mates nor on the chunking of the forwards.
+Several samples are attacked together. Each sample's random numbers come from a counter-based
+generator (Philox4x32-10) keyed by (gcg.seed, sample seed) and counted by (draw, step), computed
+on the model's device, and every sequence is scored on its own row, so a sample's result depends
+neither on its batch mates nor on the chunking of the forwards, and a step never waits for the
+host: the per-step bookkeeping stays on the device until the search ends.
 
 Losses found during the search may be bf16 (autocast on CUDA). At the end, every prefix
 that improved the best-so-far is re-scored in the model's own precision (fp32) and the
@@ -26,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ilm.config import ConfigSection
 from ilm.names import SPECIAL_TOKENS
+from ilm.philox import below, philox4x32, stream_keys
 
 log = logging.getLogger("ilm.gcg")
 
@@ -42,6 +45,11 @@ log = logging.getLogger("ilm.gcg")
 NONFINITE_LOSS = 1e6
 # Floor of the per-position gradient norm before normalising (§4.2 step 2).
 GRAD_NORM_FLOOR = 1e-8
+# The generator behind the init and the candidates; shard files record it, so a partial shard drawn
+# from another generator (the per-sample torch.Generator streams before it) is never resumed.
+SAMPLER = "philox4x32-10"
+# Counter word 2 of a draw: which of a sample's draws it is.
+INIT_STREAM, CANDIDATE_STREAM = 0, 1
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,12 @@ class GCGConfig(ConfigSection):
     steps: int  # GCG iterations per sample
     search_width: int  # W: candidates per sample per step
     top_k: int  # tokens per position with the most negative gradient
-    seed: int  # base seed; each sample's generator also mixes in its sample seed
+    seed: int  # base seed; each sample's random stream is keyed by (seed, sample seed)
     allow_special_tokens: bool  # the paper allows ids 0-5 in the init and candidates
     max_candidates_per_forward: int  # memory budget of one candidate forward (sequences)
     precision: str  # bf16: autocast on CUDA (CPU always runs the model's dtype)
     device: str  # where attack_shard puts the model; run() uses the model's device
+    compile: Union[str, bool]  # "auto" | True | False: torch.compile the candidate forward (auto: on CUDA only)
 
 
 @dataclass
@@ -82,12 +91,19 @@ class Candidates(NamedTuple):
     tokens: torch.Tensor
 
 
-def sample_generator(base_seed: int, sample_seed: int) -> torch.Generator:
-    """A CPU generator private to one sample, seeded from (gcg.seed, sample seed)."""
-    state = np.random.SeedSequence([int(base_seed), int(sample_seed)]).generate_state(1, dtype=np.uint64)[0]
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(int(state))
-    return gen
+def sample_keys(base_seed: int, sample_seeds: Sequence[int]) -> torch.Tensor:
+    """(S, 2) Philox keys, one per sample, from (gcg.seed, sample seed)."""
+    return stream_keys(base_seed, sample_seeds)
+
+
+def draw_words(keys: torch.Tensor, stream: int, step: int, n: int) -> torch.Tensor:
+    """(S, n, 4) random 32-bit words: draw i of `stream` at `step` for each sample's key (S, 2).
+
+    The counter is (i, step, stream, 0), so a sample's words depend only on its key and the counter.
+    """
+    idx = torch.arange(n, device=keys.device)  # (n,)
+    counter = torch.stack([idx, torch.full_like(idx, step), torch.full_like(idx, stream), torch.zeros_like(idx)], -1)
+    return philox4x32(counter[None], keys[:, None])  # (S, n, 4)
 
 
 def allowed_token_ids(vocab_size: int, allow_special_tokens: bool) -> torch.Tensor:
@@ -98,16 +114,17 @@ def allowed_token_ids(vocab_size: int, allow_special_tokens: bool) -> torch.Tens
     return ids[ids >= len(SPECIAL_TOKENS)]
 
 
-def initial_prefix(generators: Sequence[torch.Generator], prefix_length: int, allowed: torch.Tensor) -> torch.Tensor:
-    """(S, P) ids drawn uniformly from `allowed`, one draw per sample from its own generator."""
-    rows = [allowed[torch.randint(len(allowed), (prefix_length,), generator=g)] for g in generators]
-    return torch.stack(rows)
+def initial_prefix(keys: torch.Tensor, prefix_length: int, allowed: torch.Tensor) -> torch.Tensor:
+    """(S, P) ids drawn uniformly from `allowed` (on the keys' device), from each sample's init stream."""
+    words = draw_words(keys, INIT_STREAM, 0, prefix_length)[..., 0]  # (S, P)
+    return allowed[below(words, len(allowed))]
 
 
 def top_k_substitutions(grad: torch.Tensor, k: int, banned: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(S, P, K) the k tokens per position with the most negative normalised gradient (§4.2 step 2).
 
-    `grad` is (S, P, V); `banned` holds token ids that may never be proposed.
+    `grad` is (S, P, V); `banned` holds token ids that may never be proposed (keep it on grad's
+    device: the step then never copies from the host).
     """
     g = grad if grad.dtype == torch.float64 else grad.float()
     # Zero non-finite entries before the norm too, so one NaN cannot blank a whole position.
@@ -115,7 +132,7 @@ def top_k_substitutions(grad: torch.Tensor, k: int, banned: Optional[torch.Tenso
     g = g / g.norm(dim=-1, keepdim=True).clamp_min(GRAD_NORM_FLOOR)
     g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
     if banned is not None and len(banned):
-        g[..., banned.to(g.device)] = float("inf")
+        g = g.index_fill(-1, banned.to(g.device), float("inf"))
     return g.topk(k, dim=-1, largest=False).indices
 
 
@@ -123,20 +140,22 @@ def sample_candidates(
     current: torch.Tensor,
     top_tokens: torch.Tensor,
     width: int,
-    generators: Sequence[torch.Generator],
+    keys: torch.Tensor,
+    step: int,
 ) -> Candidates:
     """`width` one-token substitutions of each sample's current prefix (§4.2 step 3).
 
-    current: (S, P); top_tokens: (S, P, K). Candidate i of sample s replaces position
-    positions[s, i] (uniform over P) by tokens[s, i] (uniform over that position's top-k).
-    Draws come from the sample's own generator: positions first, then top-k ranks.
+    current: (S, P); top_tokens: (S, P, K); keys: (S, 2) on current's device. Candidate i of
+    sample s replaces position positions[s, i] (uniform over P) by tokens[s, i] (uniform over
+    that position's top-k); both come from word 0 and 1 of draw i of the sample's candidate
+    stream at `step`, one batched Philox call for all samples.
     """
     S, P = current.shape
     K = top_tokens.shape[-1]
-    assert len(generators) == S, "one generator per sample"
-    draws = [(torch.randint(P, (width,), generator=g), torch.randint(K, (width,), generator=g)) for g in generators]
-    positions = torch.stack([d[0] for d in draws]).to(current.device)  # (S, W)
-    ranks = torch.stack([d[1] for d in draws]).to(current.device)  # (S, W)
+    assert keys.shape == (S, 2), "one key per sample"
+    words = draw_words(keys, CANDIDATE_STREAM, step, width)  # (S, W, 4)
+    positions = below(words[..., 0], P)  # (S, W)
+    ranks = below(words[..., 1], K)  # (S, W)
     tokens = top_tokens.reshape(S, P * K).gather(1, positions * K + ranks)  # (S, W)
     ids = current[:, None, :].expand(S, width, P).clone()  # (S, W, P)
     ids.scatter_(2, positions[..., None], tokens[..., None])
@@ -158,12 +177,26 @@ def _amp(model: torch.nn.Module, precision: str):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16" and device.type == "cuda")
 
 
+def causal_mask(model: torch.nn.Module, length: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, T, T) causal mask in the form the model's attention takes: bool for SDPA, additive for eager.
+
+    Passing it ready-made keeps HF's mask builder out of the forward: without a mask it checks
+    the position ids for packed sequences, reading a device value on the host every forward.
+    """
+    keep = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]  # (1, 1, T, T)
+    if model.config._attn_implementation == "sdpa":
+        return keep
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill(~keep, torch.finfo(dtype).min)
+
+
 def target_logits(model: torch.nn.Module, embeds: torch.Tensor, prefix_length: int, target_length: int) -> torch.Tensor:
     """(N, L, V) logits predicting the target: LM head only at positions P-1 .. P+L-2.
 
     embeds: (N, P+L, H) input embeddings of [prefix, target].
     """
-    hidden = model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state  # (N, P+L, H)
+    mask = causal_mask(model, embeds.shape[1], embeds.device)
+    hidden = model.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state  # (N, P+L, H)
     return model.lm_head(hidden[:, prefix_length - 1 : prefix_length + target_length - 1])  # (N, L, V)
 
 
@@ -175,6 +208,34 @@ def target_ce(logits: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(ce), ce, torch.full_like(ce, NONFINITE_LOSS))
 
 
+def score_chunk(
+    model: torch.nn.Module, prefix_ids: torch.Tensor, target_embeds: torch.Tensor, target_ids: torch.Tensor
+) -> torch.Tensor:
+    """(n,) target CE of n sequences [prefix, target]: the candidate forward, static in shape.
+
+    prefix_ids: (n, P); target_embeds: (n, L, H); target_ids: (n, L).
+    """
+    P, L = prefix_ids.shape[1], target_ids.shape[1]
+    embeds = torch.cat([model.get_input_embeddings()(prefix_ids), target_embeds], dim=1)  # (n, P+L, H)
+    return target_ce(target_logits(model, embeds, P, L), target_ids)
+
+
+_compiled_score_chunk = None
+
+
+def compiled_score_chunk():
+    """score_chunk under torch.compile, built once per process (dynamo guards on the model and the shapes)."""
+    global _compiled_score_chunk
+    if _compiled_score_chunk is None:
+        _compiled_score_chunk = torch.compile(score_chunk)
+    return _compiled_score_chunk
+
+
+def use_compile(setting, device: torch.device) -> bool:
+    """Whether gcg.compile (auto | true | false) compiles the candidate forward on `device` (auto: CUDA only)."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 @torch.no_grad()
 def candidate_losses(
     model: torch.nn.Module,
@@ -183,28 +244,26 @@ def candidate_losses(
     max_per_forward: int,
     target_embeds: Optional[torch.Tensor] = None,
     precision: str = "fp32",
+    compiled: bool = False,
 ) -> torch.Tensor:
     """(S, W) target CE of every candidate prefix (§4.2 step 4), in chunks of `max_per_forward` rows.
 
     candidates: (S, W, P) ids; target_ids: (S, L); target_embeds: (S, L, H), computed here if absent.
     All sequences have the same length and no padding, so a row's loss is independent of its chunk.
+    `compiled` runs each chunk through torch.compile (one graph per chunk shape).
     """
     S, W, P = candidates.shape
-    L = target_ids.shape[1]
-    embed = model.get_input_embeddings()
     if target_embeds is None:
-        target_embeds = embed(target_ids)  # (S, L, H)
+        target_embeds = model.get_input_embeddings()(target_ids)  # (S, L, H)
     flat = candidates.reshape(S * W, P)  # (N, P)
-    owner = torch.arange(S, device=candidates.device).repeat_interleave(W)  # (N,) sample of each row
     loss_dtype = torch.float64 if target_embeds.dtype == torch.float64 else torch.float32
     out = torch.empty(S * W, dtype=loss_dtype, device=candidates.device)  # (N,)
+    score = compiled_score_chunk() if compiled else score_chunk
     with _amp(model, precision):
         for start in range(0, S * W, max_per_forward):
-            rows = slice(start, min(start + max_per_forward, S * W))
-            who = owner[rows]
-            embeds = torch.cat([embed(flat[rows]), target_embeds[who]], dim=1)  # (n, P+L, H)
-            logits = target_logits(model, embeds, P, L)  # (n, L, V)
-            out[rows] = target_ce(logits, target_ids[who]).to(out.dtype)
+            stop = min(start + max_per_forward, S * W)
+            who = torch.arange(start, stop, device=candidates.device) // W  # (n,) sample of each row
+            out[start:stop] = score(model, flat[start:stop], target_embeds[who], target_ids[who]).to(out.dtype)
     return out.view(S, W)
 
 
@@ -223,7 +282,9 @@ def prefix_gradient(
     weight = embed.weight  # (V, H)
     S, P = prefix_ids.shape
     L = target_ids.shape[1]
-    one_hot = F.one_hot(prefix_ids, weight.shape[0]).to(weight.dtype).requires_grad_(True)  # (S, P, V)
+    # scatter, not F.one_hot: on CPU one_hot reads the ids' min and max back to the host.
+    one_hot = torch.zeros(S, P, weight.shape[0], dtype=weight.dtype, device=weight.device)
+    one_hot = one_hot.scatter_(2, prefix_ids[..., None], 1.0).requires_grad_(True)  # (S, P, V)
     with torch.enable_grad(), _amp(model, precision):
         embeds = torch.cat([one_hot @ weight, target_embeds.to(weight.dtype)], dim=1)  # (S, P+L, H)
         loss = target_ce(target_logits(model, embeds, P, L), target_ids).sum()
@@ -274,6 +335,52 @@ def _check_inputs(
         )
 
 
+@dataclass(frozen=True)
+class Search:
+    """What every step of one run() reads, all on the model's device."""
+
+    model: torch.nn.Module
+    target_ids: torch.Tensor  # (S, L)
+    target_embeds: torch.Tensor  # (S, L, H), computed once
+    keys: torch.Tensor  # (S, 2) Philox key of each sample
+    banned: Optional[torch.Tensor]  # token ids never proposed, or None
+    config: GCGConfig
+    compiled: bool  # candidate forward under torch.compile
+
+
+@dataclass
+class SearchState:
+    """The search so far, on the device; search_step updates it in place."""
+
+    current: torch.Tensor  # (S, P) prefix the next step starts from
+    best_loss: torch.Tensor  # (S,) best-so-far search loss
+    visited: torch.Tensor  # (steps, S, P) argmin prefix of every step
+    improved: torch.Tensor  # (steps, S) whether that step improved the best-so-far loss
+
+
+def search_step(search: Search, state: SearchState, step: int) -> None:
+    """One GCG step (§4.2 steps 1-5) for every sample, without host synchronisation.
+
+    Every shape is fixed by the config and every value stays on the device (no .item(), no
+    copy to or from the host, no data-dependent shape), so a CUDA stream never waits for the CPU.
+    """
+    cfg = search.config
+    grad = prefix_gradient(search.model, state.current, search.target_ids, search.target_embeds, cfg.precision)
+    top = top_k_substitutions(grad, cfg.top_k, search.banned)  # (S, P, K)
+    cands = sample_candidates(state.current, top, cfg.search_width, search.keys, step)
+    losses = candidate_losses(
+        search.model, cands.ids, search.target_ids, cfg.max_candidates_per_forward, search.target_embeds,
+        cfg.precision, search.compiled,
+    )  # (S, W)
+    pick = losses.argmin(dim=1, keepdim=True)  # (S, 1)
+    step_loss = losses.gather(1, pick).squeeze(1).to(state.best_loss.dtype)  # (S,)
+    rows = torch.arange(len(pick), device=pick.device)
+    state.current = cands.ids[rows, pick[:, 0]]  # (S, P) plain GCG: move even if worse
+    state.improved[step] = step_loss < state.best_loss
+    torch.minimum(state.best_loss, step_loss, out=state.best_loss)
+    state.visited[step] = state.current
+
+
 def run(
     model: torch.nn.Module,
     prefix_ids,
@@ -285,7 +392,7 @@ def run(
 
     prefix_ids: (S, P) original prefixes (scored for orig_loss and kl, never used by the
     search); target_ids: (S, L). sample_seeds: one int per sample (its index in the test
-    split) that, with config.seed, seeds the sample's private generator.
+    split) that, with config.seed, keys the sample's random stream.
     """
     if isinstance(config, Mapping):
         config = GCGConfig.from_dict(config)
@@ -300,33 +407,24 @@ def run(
     S, P = prefix_ids.shape
     if S == 0:
         return []
-    banned = None if config.allow_special_tokens else torch.arange(len(SPECIAL_TOKENS))
+    banned = None if config.allow_special_tokens else torch.arange(len(SPECIAL_TOKENS), device=device)
     prefix_ids, target_ids = prefix_ids.to(device), target_ids.to(device)
-    generators = [sample_generator(config.seed, s) for s in sample_seeds]
+    keys = sample_keys(config.seed, sample_seeds).to(device)  # (S, 2)
 
     with torch.no_grad():
         target_embeds = model.get_input_embeddings()(target_ids)  # (S, L, H), computed once
-    current = initial_prefix(generators, P, allowed).to(device)  # (S, P)
     search_dtype = torch.float64 if target_embeds.dtype == torch.float64 else torch.float32
-    best_loss = torch.full((S,), float("inf"), dtype=search_dtype, device=device)  # (S,)
-    visited = torch.empty((config.steps, S, P), dtype=torch.long, device=device)  # argmin prefix per step
-    improved = torch.empty((config.steps, S), dtype=torch.bool, device=device)
-
+    search = Search(model, target_ids, target_embeds, keys, banned, config, use_compile(config.compile, device))
+    state = SearchState(
+        current=initial_prefix(keys, P, allowed.to(device)),
+        best_loss=torch.full((S,), float("inf"), dtype=search_dtype, device=device),
+        visited=torch.empty((config.steps, S, P), dtype=torch.long, device=device),
+        improved=torch.empty((config.steps, S), dtype=torch.bool, device=device),
+    )
     for step in tqdm(range(config.steps), desc="gcg", unit="step", leave=False, disable=None):
-        grad = prefix_gradient(model, current, target_ids, target_embeds, config.precision)  # (S, P, V)
-        top = top_k_substitutions(grad, config.top_k, banned)  # (S, P, K)
-        cands = sample_candidates(current, top, config.search_width, generators)
-        losses = candidate_losses(
-            model, cands.ids, target_ids, config.max_candidates_per_forward, target_embeds, config.precision
-        )  # (S, W)
-        pick = losses.argmin(dim=1)  # (S,)
-        step_loss = losses.gather(1, pick[:, None]).squeeze(1).to(best_loss.dtype)
-        current = cands.ids[torch.arange(S, device=device), pick]  # plain GCG: move even if worse
-        improved[step] = step_loss < best_loss
-        best_loss = torch.minimum(best_loss, step_loss)
-        visited[step] = current
-
-    return _finalise(model, prefix_ids, target_ids, visited, improved, config, started)
+        search_step(search, state, step)
+    # The first host synchronisation: the search is over.
+    return _finalise(model, prefix_ids, target_ids, state.visited, state.improved, config, started)
 
 
 def _finalise(
