@@ -190,6 +190,30 @@ def test_partial_from_other_settings_or_model_is_not_resumed(model_and_data, oth
     assert {r["model_sha256"] for r in read_records(out)} == {model_fingerprint(model_dir)}
 
 
+def test_partial_from_another_sampler_is_not_resumed(model_and_data, tmp_path, monkeypatch):
+    """A partial file whose meta names no sampler or another one (records from other random streams) is redone."""
+    model_dir, data_dir = model_and_data
+    cfg = config(count=4, shards=1)
+    real_run = ilm.gcg.run
+    for sampler in (None, "torch-generator"):  # None: a shard written before samplers were recorded
+        out = tmp_path / str(sampler) / "shard0.jsonl"
+        _killed_after_one_batch(model_dir, data_dir, out, cfg, monkeypatch)
+        meta = json.loads(meta_path(out).read_text())
+        assert meta["sampler"] == ilm.gcg.SAMPLER and read_records(partial_path(out))
+        meta = {k: v for k, v in meta.items() if k != "sampler"} | ({"sampler": sampler} if sampler else {})
+        meta_path(out).write_text(json.dumps(meta))
+        seen: list[int] = []
+
+        def recording_run(model, prefix_ids, target_ids, config, sample_seeds):
+            seen.extend(int(s) for s in sample_seeds)
+            return real_run(model, prefix_ids, target_ids, config, sample_seeds)
+
+        monkeypatch.setattr(ilm.gcg, "run", recording_run)
+        attack_shard(model_dir, data_dir, 0, out, cfg)
+        monkeypatch.setattr(ilm.gcg, "run", real_run)
+        assert seen == [r["sample"] for r in read_records(out)] and len(seen) == 4
+
+
 def test_second_writer_of_a_shard_fails_at_once(model_and_data, tmp_path, capsys):
     """While one process holds a shard, a second `ilm gcg-attack` on it exits 2 with a clear message."""
     model_dir, data_dir = model_and_data

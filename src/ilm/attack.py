@@ -11,8 +11,8 @@ each finished batch of records (flushed and fsynced) and renames the file to `sh
 only when every sample is done, so the declared output never looks finished early and a
 killed job resumes where it stopped. Every record names the model that produced it; beside
 the partial file, `shard{k}.meta.json` records the settings, model and test data, and is
-written only after the partial file has been reset, so a partial file from another model or
-other settings is never resumed.
+written only after the partial file has been reset, so a partial file from another model,
+other settings or another random-number scheme (`ilm.gcg.SAMPLER`) is never resumed.
 """
 
 from __future__ import annotations
@@ -277,14 +277,15 @@ def _append(fd: int, records: list[dict]) -> None:
     os.fsync(fd)
 
 
-def _resumable(out: Path, settings: dict, fingerprint: str, test_sha: str) -> bool:
-    """Whether the partial file beside `out` was written for these settings, this model and this data."""
+def _resumable(out: Path, settings: dict, fingerprint: str, test_sha: str, sampler: str) -> bool:
+    """Whether the partial file beside `out` was written for these settings, this model, this data and sampler."""
     try:
         old = json.loads(meta_path(out).read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return (
         old.get("model_sha256") == fingerprint
+        and old.get("sampler") == sampler
         and old.get("inputs_sha256", {}).get("test.npy") == test_sha
         and {k: old.get("config", {}).get(k) for k in RESULT_KEYS} == settings
     )
@@ -312,11 +313,14 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
         records: list[dict] = []
         keep_bytes = 0
         text = partial.read_text()
-        if text and _resumable(out, settings, fingerprint, test_sha):
+        if text and _resumable(out, settings, fingerprint, test_sha, gcg_attack.SAMPLER):
             records, keep_bytes = _whole_records(text, partial)
             check_records(records, mine, windows, gcg, fingerprint, partial)
         elif text:
-            log.warning("%s was written by another model, other data or other gcg settings: starting over", partial)
+            log.warning(
+                "%s was written by another model, other data, other gcg settings or another sampler: starting over",
+                partial,
+            )
         # Reset first (only whole records of this run stay), then say what the file now holds.
         os.ftruncate(fd, keep_bytes)
         os.fsync(fd)
@@ -327,6 +331,7 @@ def attack_shard(model_dir: Path, data_dir: Path, shard: int, out: Path, config:
                 inputs={"model": fingerprint, "test.npy": test_sha},
                 model_dir=str(model_dir),
                 model_sha256=fingerprint,
+                sampler=gcg_attack.SAMPLER,
                 shard=shard,
                 samples=[int(s) for s in mine],
                 numerics=_numerics(gcfg.device),
