@@ -8,6 +8,7 @@ on S, so it is measured once. On CUDA both run under bf16 autocast.
 
     python benchmarks/gcg_step.py                         # width 4096 on CUDA, 256 on CPU; S in {1, 8, 64}
     python benchmarks/gcg_step.py --width 256 --steps 2 --samples 1 8 --threads 1 --chunk 128   # CPU
+    python benchmarks/gcg_step.py ... --compile on     # gcg.compile forced on (auto: CUDA only)
 
 On a CPU, small chunks (gcg.max_candidates_per_forward ~128) keep activations in cache and
 are ~2x faster than one big forward; on a GPU, large chunks are what saturate it.
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ilm.config import load_config
-from ilm.gcg import GCGConfig, run, use_sdpa_attention
+from ilm.gcg import GCGConfig, run, use_compile, use_sdpa_attention
 from ilm.model import build_model, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,9 @@ def main() -> None:
         "--chunk", type=int, default=None, help="gcg.max_candidates_per_forward (default: config; CPUs like ~128)"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--compile", default=None, choices=["auto", "on", "off"], help="gcg.compile (default: config; auto = CUDA only)"
+    )
     args = parser.parse_args()
 
     cfg = load_config(args.config)
@@ -109,6 +113,7 @@ def main() -> None:
             "top_k": args.top_k or cfg["gcg"]["top_k"],
             "max_candidates_per_forward": args.chunk or cfg["gcg"]["max_candidates_per_forward"],
             "precision": args.precision or cfg["gcg"]["precision"],
+            "compile": {"on": True, "off": False, "auto": "auto", None: cfg["gcg"]["compile"]}[args.compile],
         }
     )
     P, L = gcfg.prefix_length, gcfg.target_length
@@ -117,10 +122,10 @@ def main() -> None:
     print(
         f"# {name} | model {sum(p.numel() for p in model.parameters()):,} params | width {width} | "
         f"top-k {gcfg.top_k} | chunk {gcfg.max_candidates_per_forward} | steps {steps} | "
-        f"precision {gcfg.precision if cuda else 'fp32'}"
+        f"precision {gcfg.precision if cuda else 'fp32'} | compile {use_compile(gcfg.compile, device)}"
     )
 
-    # Warm up both paths (allocator, kernels) on one short attack.
+    # Warm up both paths (allocator, kernels; with compile, every chunk shape S=1 uses) on one short attack.
     warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
     run(attack_model, data[:1, :P], data[:1, P : P + L], warm, [0])
     naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
@@ -131,6 +136,8 @@ def main() -> None:
     naive_rate = steps / naive_s
     print(f"{'S':>4} | {'ilm.gcg.run sample-steps/s':>26} | {'naive sample-steps/s':>20} | {'speed-up':>8}")
     for S in args.samples:
+        if use_compile(gcfg.compile, device):  # compile this S's chunk shapes outside the timed run
+            run(attack_model, data[:S, :P], data[:S, P : P + L], warm, list(range(S)))
         seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
         rate = S * steps / seconds
         print(f"{S:>4} | {rate:>26.2f} | {naive_rate:>20.2f} | {rate / naive_rate:>7.1f}x")
