@@ -9,6 +9,7 @@ on S, so it is measured once. On CUDA both run under bf16 autocast.
     python benchmarks/gcg_step.py                         # width 4096 on CUDA, 256 on CPU; S in {1, 8, 64}
     python benchmarks/gcg_step.py --width 256 --steps 2 --samples 1 8 --threads 1 --chunk 128   # CPU
     python benchmarks/gcg_step.py ... --compile on     # gcg.compile forced on (auto: CUDA only)
+    python benchmarks/gcg_step.py --check-sync         # CUDA: first fail if a GCG step synchronises with the host
 
 On a CPU, small chunks (gcg.max_candidates_per_forward ~128) keep activations in cache and
 are ~2x faster than one big forward; on a GPU, large chunks are what saturate it.
@@ -67,6 +68,28 @@ def naive_attack(model, prefix: torch.Tensor, target: torch.Tensor, cfg: GCGConf
     return best
 
 
+def check_no_sync(model, prefix: torch.Tensor, target: torch.Tensor, cfg: GCGConfig, samples: int) -> None:
+    """Run every step of a warmed-up attack under torch.cuda.set_sync_debug_mode("error") (CUDA only)."""
+    import ilm.gcg
+
+    real_step = ilm.gcg.search_step
+
+    def guarded(search, state, step):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            real_step(search, state, step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    run(model, prefix[:samples], target[:samples], cfg, list(range(samples)))  # warm-up (compilation may sync)
+    ilm.gcg.search_step = guarded
+    try:
+        run(model, prefix[:samples], target[:samples], cfg, list(range(samples)))
+    finally:
+        ilm.gcg.search_step = real_step
+    print(f"# sync check: {cfg.steps} steps x {samples} samples ran with no host synchronisation")
+
+
 def measure(fn, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
@@ -88,6 +111,9 @@ def main() -> None:
         "--chunk", type=int, default=None, help="gcg.max_candidates_per_forward (default: config; CPUs like ~128)"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--check-sync", action="store_true", help="CUDA: first check that no GCG step synchronises with the host"
+    )
     parser.add_argument(
         "--compile", default=None, choices=["auto", "on", "off"], help="gcg.compile (default: config; auto = CUDA only)"
     )
@@ -124,6 +150,11 @@ def main() -> None:
         f"top-k {gcfg.top_k} | chunk {gcfg.max_candidates_per_forward} | steps {steps} | "
         f"precision {gcfg.precision if cuda else 'fp32'} | compile {use_compile(gcfg.compile, device)}"
     )
+
+    if args.check_sync:
+        if not cuda:
+            raise SystemExit("--check-sync needs CUDA (on CPU, tests/test_gcg.py runs the same check)")
+        check_no_sync(attack_model, data[:, :P], data[:, P : P + L], GCGConfig(**{**gcfg.__dict__, "steps": 2}), 2)
 
     # Warm up both paths (allocator, kernels; with compile, every chunk shape S=1 uses) on one short attack.
     warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
