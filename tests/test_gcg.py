@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ilm.gcg
 from ilm.config import load_config
@@ -360,3 +361,35 @@ def test_compiled_candidate_forward_gives_the_eager_attack(monkeypatch):
     for a, b in zip(fast, eager):
         assert a.attack_ids == b.attack_ids and a.best_step == b.best_step
         assert max(abs(x - y) for x, y in zip(a.trajectory, b.trajectory)) < 1e-5
+
+
+class _OpCounter(TorchDispatchMode):
+    """Records the aten ops dispatched while it is active, leaving out copies that only fix a memory layout."""
+
+    LAYOUT = {"aten.view.default", "aten._unsafe_view.default", "aten.clone.default"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) not in self.LAYOUT:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_step_has_no_per_sample_loop(monkeypatch):
+    """A step dispatches the same ops for 1 sample as for 5 (up to layout copies): nothing loops over the samples."""
+    model = use_sdpa_attention(tiny_model(seed=27))
+    counted: dict[int, list[str]] = {}
+    real_step = ilm.gcg.search_step
+
+    def counting_step(search, state, step):
+        with _OpCounter() as counter:
+            real_step(search, state, step)
+        counted.setdefault(len(state.current), counter.ops)
+
+    monkeypatch.setattr(ilm.gcg, "search_step", counting_step)
+    for S in (1, 5):
+        run(model, random_ids((S, P), 28), random_ids((S, L), 29), config(steps=1, allow_special_tokens=False), range(S))
+    assert len(counted[1]) > 50 and counted[1] == counted[5]
