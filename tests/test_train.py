@@ -22,6 +22,7 @@ from ilm.train import (
     LOG_COLUMNS,
     STALE_DIR_NAME,
     TrainConfig,
+    _to_ids,
     accumulate_batch_gradients,
     configure_matmul_precision,
     epoch_order,
@@ -211,6 +212,14 @@ def test_new_run_uses_fused_adamw_with_the_reference_update():
     assert max(moved) > 1e-3
     for fused, ref in zip(run.model.parameters(), reference.parameters()):
         torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_ids_on_cpu_are_the_windows_as_int64_unpinned():
+    """_to_ids: the windows as (B, T) int64; on CPU no pinned copy (pinning and non_blocking are the CUDA path)."""
+    windows = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    ids = _to_ids(windows, torch.device("cpu"))
+    assert ids.dtype == torch.int64 and not ids.is_pinned()
+    assert np.array_equal(ids.numpy(), windows)
 
 
 def test_tf32_setting_reaches_the_cuda_backend():

@@ -147,7 +147,11 @@ def epoch_order(seed: int, epoch: int, n_windows: int) -> np.ndarray:
 
 
 def _to_ids(windows: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(windows, dtype=np.int64)).to(device)  # (B, T)
+    """(B, T) int64 on `device`; to CUDA through pinned memory without blocking the host, on CPU as it is."""
+    ids = torch.from_numpy(np.asarray(windows, dtype=np.int64))  # (B, T)
+    if device.type != "cuda":
+        return ids
+    return ids.pin_memory().to(device, non_blocking=True)  # ordered before the step's kernels on the same stream
 
 
 class Schedule(NamedTuple):
