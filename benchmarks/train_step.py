@@ -1,6 +1,7 @@
 """Throughput of one training step (objective + backward) of every variant on the paper model.
 
     python benchmarks/train_step.py [--device cpu|cuda] [--micro-batch N] [--steps N] [--variants ...]
+                                    [--attention eager|sdpa_math] [--threads N]
 
 Random token batches of T = data.window; warm-up steps are not timed; timed steps go
 round-robin over the variants and the median step counts; the ratio column is each
@@ -24,7 +25,7 @@ import torch
 
 from ilm.config import load_config
 from ilm.io import provenance, write_json
-from ilm.model import build_model, count_parameters, resolve_device
+from ilm.model import ATTENTION, build_model, count_parameters, resolve_device, use_attention
 from ilm.objectives import VARIANTS, ObjectiveConfig, compute_objective
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +43,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before timing (>= 1)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast of the objective")
+    p.add_argument("--attention", choices=list(ATTENTION), default=None,
+                   help="attention implementation (default: the config's train.attention)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
-    for name in ("micro_batch", "seq_len", "steps"):
+    for name in ("micro_batch", "seq_len", "steps", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
@@ -140,6 +144,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = parse_args(argv)
     config = load_config(args.config)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    attention = args.attention or config["train"]["attention"]
     device = resolve_device(args.device)
     batch = args.micro_batch or (256 if device.type == "cuda" else 8)
     seq_len = args.seq_len or config["data"]["window"]
@@ -150,16 +157,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     variants = list(dict.fromkeys(["base", *args.variants]))  # base is the reference of the ratio column
 
     torch.manual_seed(args.seed)
-    model = build_model(config["model"]).to(device).train()
+    model = use_attention(build_model(config["model"]), attention).to(device).train()
     cfg = ObjectiveConfig.from_dict(config["objective"])
-    log.info("model %d parameters | device %s | micro-batch %d x %d tokens | %s | %d threads",
-             count_parameters(model), device, batch, seq_len, args.precision, torch.get_num_threads())
+    log.info("model %d parameters | device %s | micro-batch %d x %d tokens | %s | %s attention | %d threads",
+             count_parameters(model), device, batch, seq_len, args.precision, attention, torch.get_num_threads())
     rows = time_variants(model, variants, cfg, batch, seq_len, args.steps, args.warmup, args.precision, args.seed)
     print(format_table(rows))
     if args.out is not None:
         write_json(args.out, {"rows": rows, **provenance(
             device=str(device), micro_batch=batch, seq_len=seq_len, steps=args.steps, warmup=args.warmup,
-            precision=args.precision, threads=torch.get_num_threads(),
+            precision=args.precision, attention=attention, threads=torch.get_num_threads(),
             gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         )})
     return 0

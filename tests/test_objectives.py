@@ -12,7 +12,7 @@ from transformers.models.llama import modeling_llama
 
 import reference
 from ilm.config import load_config
-from ilm.model import build_model, count_parameters
+from ilm.model import ATTENTION, build_model, count_parameters, use_attention
 from ilm.names import BOS_ID, MASK_ID, PAD_ID, PROTOCOLS, VARIANTS
 from ilm.objectives import (
     ObjectiveConfig,
@@ -189,6 +189,37 @@ def test_gradcheck_double_backprop(variant):
     w0 = layer_norm.weight.detach().clone() + 0.1 * torch.randn(d, dtype=torch.float64, generator=_gen(5))
     w1 = final_norm.weight.detach().clone() + 0.1 * torch.randn(d, dtype=torch.float64, generator=_gen(6))
     assert torch.autograd.gradcheck(loss_of, (w0.requires_grad_(), w1.requires_grad_()), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attention", [a for a in ATTENTION if a != "eager"])
+@pytest.mark.parametrize("variant", ["base", "identity", "bert_like"])
+def test_attention_implementations_give_eager_loss_and_gradient(attention, variant):
+    """train.attention: every implementation gives eager's loss and double-backprop parameter gradients (float64),
+    and is causal (a change to the last token leaves the earlier positions' logits as they were)."""
+    cfg = objective(grad_scale_tokens=1.0, mask_fraction=0.25)
+    ids = _ids()
+    results = []
+    for name in ("eager", attention):
+        model = use_attention(tiny_model(seed=3, dtype=torch.float64), name)
+        assert model.config._attn_implementation == name
+        out = compute_objective(model, ids, variant, cfg, generator=_gen())
+        out.loss.backward()
+        results.append((out.loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (eager_loss, eager_grad), (loss, grad) = results
+    torch.testing.assert_close(loss, eager_loss, **TOL)
+    torch.testing.assert_close(grad, eager_grad, **TOL)
+    assert grad.abs().max() > 0
+    changed = ids.clone()
+    changed[:, -1] = (ids[:, -1] + 1) % VOCAB
+    with torch.no_grad():
+        before, after = (model(input_ids=x).logits for x in (ids, changed))
+    torch.testing.assert_close(after[:, :-1], before[:, :-1], **TOL)
+    assert (after[:, -1] - before[:, -1]).abs().max() > 1e-6
+
+
+def test_unknown_attention_names_the_valid_ones():
+    with pytest.raises(ValueError, match="attention must be one of eager, sdpa_math"):
+        use_attention(tiny_model(), "sdpa")
 
 
 def _embedding_grad(model, ids, variant, cfg, create_graph):

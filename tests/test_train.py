@@ -21,9 +21,12 @@ from ilm.objectives import ObjectiveConfig, compute_objective
 from ilm.train import (
     LOG_COLUMNS,
     STALE_DIR_NAME,
+    TrainConfig,
+    _to_ids,
     accumulate_batch_gradients,
     configure_matmul_precision,
     epoch_order,
+    new_run,
     train,
 )
 from tiny import VOCAB, WINDOW, tiny_config
@@ -184,6 +187,39 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(tiny_config()["model"])
+
+
+def test_new_run_uses_fused_adamw_with_the_reference_update():
+    """The run's AdamW is the fused kernel; three of its steps move the weights as the reference (foreach) AdamW."""
+    cfg = TrainConfig.from_dict(tiny_config()["train"])
+    run = new_run(tiny_config()["model"], cfg, total_steps=10, device=torch.device("cpu"))
+    assert run.optimizer.defaults["fused"] is True
+    for group in run.optimizer.param_groups:
+        group["lr"] = cfg.lr  # off the warm-up's lr 0, so the steps move the weights
+    reference = _model()
+    reference.load_state_dict(run.model.state_dict())
+    ref_opt = torch.optim.AdamW(
+        reference.parameters(), lr=cfg.lr, betas=cfg.betas,
+        weight_decay=cfg.weight_decay, foreach=True,
+    )
+    for step in range(3):
+        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(step)) for p in reference.parameters()]
+        for model, opt in ((run.model, run.optimizer), (reference, ref_opt)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    moved = [(a.detach() - b.detach()).abs().max() for a, b in zip(run.model.parameters(), _model().parameters())]
+    assert max(moved) > 1e-3
+    for fused, ref in zip(run.model.parameters(), reference.parameters()):
+        torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_batch_ids_on_cpu_are_the_windows_as_int64_unpinned():
+    """_to_ids: the windows as (B, T) int64; on CPU no pinned copy (pinning and non_blocking are the CUDA path)."""
+    windows = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    ids = _to_ids(windows, torch.device("cpu"))
+    assert ids.dtype == torch.int64 and not ids.is_pinned()
+    assert np.array_equal(ids.numpy(), windows)
 
 
 def test_tf32_setting_reaches_the_cuda_backend():

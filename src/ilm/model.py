@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ilm.names import BOS_ID, EOS_ID, PAD_ID
 
@@ -29,6 +32,28 @@ def llama_config(model_cfg: Mapping, frozen_pad_row: bool = True) -> LlamaConfig
         hidden_act="silu",
         attn_implementation="eager",
     )
+
+
+def _sdpa_math_attention(*args, **kwargs):
+    # SDPA held to its math kernel: built from differentiable ops, so it has a double backward (the flash
+    # and memory-efficient kernels do not); it scales q and k, not the (B, H, T, T) scores as eager does.
+    with sdpa_kernel([SDPBackend.MATH]):
+        return sdpa_attention_forward(*args, **kwargs)
+
+
+SDPA_MATH = "sdpa_math"
+AttentionInterface.register(SDPA_MATH, _sdpa_math_attention)
+# HF builds no causal mask for an attention name without a mask function: give it SDPA's.
+AttentionMaskInterface.register(SDPA_MATH, sdpa_mask)
+ATTENTION = ("eager", SDPA_MATH)  # the implementations with a double backward (train.attention)
+
+
+def use_attention(model: LlamaForCausalLM, name: str) -> LlamaForCausalLM:
+    """Switch a model to one of ATTENTION: eager (HF's) or sdpa_math (train.attention, docs/method.md §9.1.11)."""
+    if name not in ATTENTION:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)} (double backprop needs them), got {name!r}")
+    model.set_attn_implementation(name)
+    return model
 
 
 def build_model(model_cfg: Mapping, frozen_pad_row: bool = True) -> LlamaForCausalLM:

