@@ -74,6 +74,28 @@ def measure(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def gcg_rates(model, attack_model, gcfg: GCGConfig, data: torch.Tensor, samples, device: torch.device):
+    """(naive sample-steps/s, [{samples, sample_steps_per_second, speedup}]) measured in one run.
+
+    data: (>= max(samples), >= P + L) token ids; each sample attacks data[i, P:P+L] from data[i, :P].
+    Both paths are warmed up first (allocator, kernels) on one short attack.
+    """
+    P, L, steps = gcfg.prefix_length, gcfg.target_length, gcfg.steps
+    warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
+    run(attack_model, data[:1, :P], data[:1, P : P + L], warm, [0])
+    naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
+    naive_s = measure(
+        lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0), device
+    )
+    naive_rate = steps / naive_s
+    rows = []
+    for S in samples:
+        seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
+        rate = S * steps / seconds
+        rows.append({"samples": S, "sample_steps_per_second": rate, "speedup": rate / naive_rate})
+    return naive_rate, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
@@ -111,7 +133,6 @@ def main() -> None:
             "precision": args.precision or cfg["gcg"]["precision"],
         }
     )
-    P, L = gcfg.prefix_length, gcfg.target_length
     data = torch.randint(vocab, (max(args.samples), window), generator=torch.Generator().manual_seed(1))
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(
@@ -120,20 +141,11 @@ def main() -> None:
         f"precision {gcfg.precision if cuda else 'fp32'}"
     )
 
-    # Warm up both paths (allocator, kernels) on one short attack.
-    warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
-    run(attack_model, data[:1, :P], data[:1, P : P + L], warm, [0])
-    naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
-
-    naive_s = measure(
-        lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0), device
-    )
-    naive_rate = steps / naive_s
+    naive_rate, rows = gcg_rates(model, attack_model, gcfg, data, args.samples, device)
     print(f"{'S':>4} | {'ilm.gcg.run sample-steps/s':>26} | {'naive sample-steps/s':>20} | {'speed-up':>8}")
-    for S in args.samples:
-        seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
-        rate = S * steps / seconds
-        print(f"{S:>4} | {rate:>26.2f} | {naive_rate:>20.2f} | {rate / naive_rate:>7.1f}x")
+    for row in rows:
+        print(f"{row['samples']:>4} | {row['sample_steps_per_second']:>26.2f} | {naive_rate:>20.2f} | "
+              f"{row['speedup']:>7.1f}x")
 
 
 if __name__ == "__main__":
