@@ -129,7 +129,11 @@ def _at_samples(rows: Sequence[Mapping], samples: int, key: str) -> tuple[int, f
 
 
 class Suite:
-    """The measured parts; each returns a JSON-able dict."""
+    """The measured parts; each returns a JSON-able dict.
+
+    Each part imports the modules it measures itself, so a module that fails to import on the
+    GPU machine fails that part alone (recorded), not the suite.
+    """
 
     def __init__(self, config: dict, sizes: Mapping, device: torch.device, seed: int):
         self.config, self.sizes, self.device, self.seed = config, sizes, device, seed
@@ -239,8 +243,8 @@ class Suite:
             corpus = Path(tmp) / "stories.txt"
             write_corpus(corpus, s["run_stories"], self.config["corpus"]["seed"])
             stats = prepare_data(str(corpus), Path(tmp) / "data", data_cfg)
-            train = np.asarray(load_split(Path(tmp) / "data", "train"))
-            val = np.asarray(load_split(Path(tmp) / "data", "validation"))
+            train = np.array(load_split(Path(tmp) / "data", "train"))  # copied: the folder goes away
+            val = np.array(load_split(Path(tmp) / "data", "validation"))
         rows, summary = [], {}
         for variant in self.variants:
             log.info("training run: %s, %d steps of %d windows", variant, s["run_steps"], s["run_batch"])

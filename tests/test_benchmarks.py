@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gpu_suite import PartOverrun, run_part, time_budget  # noqa: E402
+from gpu_suite import FULL, QUICK, PartOverrun, run_part, time_budget  # noqa: E402
 from projection import project_gpu_hours  # noqa: E402
 
 from ilm.config import load_config  # noqa: E402
@@ -66,6 +66,13 @@ def test_part_guard_records_failure_and_overrun():
     with pytest.raises(PartOverrun):
         with time_budget(0.05):
             time.sleep(1)
+
+
+def test_full_mode_has_every_size_and_fits_the_device_call():
+    """The GPU sizes name every key the quick mode does (the tests exercise only --quick); budgets fit 8 minutes."""
+    assert set(FULL) == set(QUICK) and set(FULL["budget_s"]) == set(QUICK["budget_s"])
+    assert sum(FULL["budget_s"].values()) <= FULL["time_limit_s"] < 8 * 60
+    assert FULL["micro_batch"] == 256 and FULL["gcg_width"] == 4096 and FULL["gcg_samples"] == [1, 8, 64]
 
 
 def _cpu():
