@@ -78,11 +78,11 @@ def gcg_rates(model, attack_model, gcfg: GCGConfig, data: torch.Tensor, samples,
     """(naive sample-steps/s, [{samples, sample_steps_per_second, speedup}]) measured in one run.
 
     data: (>= max(samples), >= P + L) token ids; each sample attacks data[i, P:P+L] from data[i, :P].
-    Both paths are warmed up first (allocator, kernels) on one short attack.
+    Each path is warmed up first (allocator, kernels, any compilation) by a one-step attack of
+    the same shape as the timed one.
     """
     P, L, steps = gcfg.prefix_length, gcfg.target_length, gcfg.steps
     warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
-    run(attack_model, data[:1, :P], data[:1, P : P + L], warm, [0])
     naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
     naive_s = measure(
         lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0), device
@@ -90,6 +90,7 @@ def gcg_rates(model, attack_model, gcfg: GCGConfig, data: torch.Tensor, samples,
     naive_rate = steps / naive_s
     rows = []
     for S in samples:
+        run(attack_model, data[:S, :P], data[:S, P : P + L], warm, list(range(S)))
         seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
         rate = S * steps / seconds
         rows.append({"samples": S, "sample_steps_per_second": rate, "speedup": rate / naive_rate})

@@ -114,6 +114,22 @@ def time_budget(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def training_numerics(device: torch.device, allow_tf32: bool):
+    """`ilm train`'s matmul precision inside the block (TF32 on CUDA when allowed), torch's settings restored
+    after it: the other parts run as `ilm evaluate`, `ilm gcg-attack` and `ilm invert` do (no TF32)."""
+    from ilm.train import configure_matmul_precision
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    configure_matmul_precision(device, allow_tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -147,10 +163,11 @@ class Suite:
         return build_model(self.config["model"]).to(self.device)
 
     def train_step(self) -> dict:
-        from ilm.train import configure_matmul_precision
+        with training_numerics(self.device, True):  # fp32 = fp32 with TF32 on CUDA (train.allow_tf32)
+            return self._train_step()
 
+    def _train_step(self) -> dict:
         s = self.sizes
-        configure_matmul_precision(self.device, True)  # fp32 = fp32 with TF32 on CUDA (train.allow_tf32)
         model = self._model().train()
         seq_len = s["seq_len"] or self.config["data"]["window"]
         out = {"micro_batch": s["micro_batch"], "seq_len": seq_len, "steps": s["train_step_steps"],
@@ -229,7 +246,7 @@ class Suite:
     def training_run(self, out_dir: Path) -> dict:
         from ilm.corpus import write_corpus
         from ilm.data import load_split, prepare_data
-        from ilm.train import TrainConfig, configure_matmul_precision
+        from ilm.train import TrainConfig
 
         s = self.sizes
         data_cfg = {**self.config["data"], "source": "generated", **s["run_data"]}
@@ -238,7 +255,6 @@ class Suite:
             "max_steps": s["run_steps"], "warmup_steps": s["run_warmup"], "val_every": s["run_val_every"],
             "val_sequences": s["run_val_sequences"],
         })
-        configure_matmul_precision(self.device, train_cfg.allow_tf32)
         with tempfile.TemporaryDirectory() as tmp:
             corpus = Path(tmp) / "stories.txt"
             write_corpus(corpus, s["run_stories"], self.config["corpus"]["seed"])
@@ -248,7 +264,9 @@ class Suite:
         rows, summary = [], {}
         for variant in self.variants:
             log.info("training run: %s, %d steps of %d windows", variant, s["run_steps"], s["run_batch"])
-            curve = short_training(self.config["model"], train, val, variant, train_cfg, self.objective, self.device)
+            with training_numerics(self.device, train_cfg.allow_tf32):
+                curve = short_training(self.config["model"], train, val, variant, train_cfg, self.objective,
+                                       self.device)
             rows += [{"variant": variant, **r} for r in curve]
             first, last = curve[0], curve[-1]
             summary[variant] = {
@@ -454,6 +472,8 @@ def environment(device: torch.device, commit: Optional[str]) -> dict:
         "torch": torch.__version__,
         "transformers": meta["transformers"],
         "cuda": torch.version.cuda,
+        "gpu_memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda"
+        else None,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": commit or meta["git_commit"],
         "python": meta["python"],

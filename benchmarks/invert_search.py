@@ -92,13 +92,14 @@ def measure_inversion(model: torch.nn.Module, method: str, counts: torch.Tensor,
                       config: Mapping, samples: Sequence[int], naive_samples: int, repeats: int = 1) -> dict:
     """Samples/s of the batched search at each S and of the naive one, in the same run: rows and the naive rate.
 
-    suffixes: (>= max(samples, naive_samples), Ls) on the model's device. One warm-up search of
-    each kind runs first; then `repeats` rounds time the naive search and each S in turn, and
-    the median rate of each is kept, so a busy neighbour slows both alike.
+    suffixes: (>= max(samples, naive_samples), Ls) on the model's device. One untimed search of
+    each kind and shape runs first; then `repeats` rounds time the naive search and each S in
+    turn, and the median rate of each is kept, so a busy neighbour slows both alike.
     """
     device = suffixes.device
-    search(method, model, counts, suffixes[:1], config)
     naive_invert(model, method, counts, suffixes[0], config)
+    for S in samples:
+        search(method, model, counts, suffixes[:S], config)
 
     def rate(fn, n: int) -> float:
         _sync(device)

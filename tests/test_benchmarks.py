@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gpu_suite import FULL, QUICK, PartOverrun, run_part, time_budget  # noqa: E402
+from gpu_suite import FULL, QUICK, PartOverrun, run_part, time_budget, training_numerics  # noqa: E402
 from projection import project_gpu_hours  # noqa: E402
 
 from ilm.config import load_config  # noqa: E402
@@ -73,6 +73,16 @@ def test_full_mode_has_every_size_and_fits_the_device_call():
     assert set(FULL) == set(QUICK) and set(FULL["budget_s"]) == set(QUICK["budget_s"])
     assert sum(FULL["budget_s"].values()) <= FULL["time_limit_s"] < 8 * 60
     assert FULL["micro_batch"] == 256 and FULL["gcg_width"] == 4096 and FULL["gcg_samples"] == [1, 8, 64]
+
+
+def test_training_numerics_are_restored_after_the_training_parts():
+    """TF32 on CUDA inside the training parts only; the evaluation, GCG and inversion parts see torch's settings."""
+    import torch
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    with training_numerics(torch.device("cuda"), True):  # flags only: no GPU needed
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
 
 
 def _cpu():
