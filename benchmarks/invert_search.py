@@ -156,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--prefix-length", type=int, default=None, help="default invert.prefix_length")
     p.add_argument("--suffix-length", type=int, default=None, help="default invert.suffix_length")
     p.add_argument("--repeats", type=int, default=1, help="timed rounds (medians kept)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
@@ -165,6 +166,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     samples = args.samples or [config["invert"]["batch_samples"]]
     if min(samples) < 1 or args.naive_samples < 1 or args.repeats < 1:
         raise ValueError("--samples, --naive-samples and --repeats must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, counts = setup(config, device, args.method, args.seed)
     if args.method != BIGRAM:

@@ -17,7 +17,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from gpu_suite import FULL, QUICK, PartOverrun, run_part, time_budget, training_numerics  # noqa: E402
+from gpu_suite import (  # noqa: E402
+    FULL,
+    QUICK,
+    PartOverrun,
+    run_part,
+    split_sizes,
+    time_budget,
+    training_numerics,
+)
 from projection import project_gpu_hours  # noqa: E402
 
 from ilm.config import load_config  # noqa: E402
@@ -73,6 +81,14 @@ def test_full_mode_has_every_size_and_fits_the_device_call():
     assert set(FULL) == set(QUICK) and set(FULL["budget_s"]) == set(QUICK["budget_s"])
     assert sum(FULL["budget_s"].values()) <= FULL["time_limit_s"] < 8 * 60
     assert FULL["micro_batch"] == 256 and FULL["gcg_width"] == 4096 and FULL["gcg_samples"] == [1, 8, 64]
+
+
+def test_split_sizes_come_from_stats_json_or_the_paper_estimates(tiny_data_dir: Path):
+    """--data-stats reads a prepared split's window counts; without it the paper's estimates are used."""
+    splits = json.loads((tiny_data_dir / "stats.json").read_text())["splits"]
+    train, test, source = split_sizes(tiny_data_dir / "stats.json")
+    assert (train, test) == (splits["train"]["windows"], splits["test"]["windows"]) and source.endswith("stats.json")
+    assert split_sizes(None)[:2] == (1_100_000, 140_000)
 
 
 def test_training_numerics_are_restored_after_the_training_parts():
