@@ -251,7 +251,7 @@ class Suite:
         s = self.sizes
         data_cfg = {**self.config["data"], "source": "generated", **s["run_data"]}
         train_cfg = TrainConfig.from_section({
-            **self.config["train"], "batch_size": s["run_batch"], "micro_batch_size": min(s["run_batch"], 256),
+            **self.config["train"], "batch_size": s["run_batch"], "micro_batch_size": min(s["run_batch"], self.config["train"]["micro_batch_size"]),
             "max_steps": s["run_steps"], "warmup_steps": s["run_warmup"], "val_every": s["run_val_every"],
             "val_sequences": s["run_val_sequences"],
         })
