@@ -98,6 +98,29 @@ def measure(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def gcg_rates(model, attack_model, gcfg: GCGConfig, data: torch.Tensor, samples, device: torch.device):
+    """(naive sample-steps/s, [{samples, sample_steps_per_second, speedup}]) measured in one run.
+
+    data: (>= max(samples), >= P + L) token ids; each sample attacks data[i, P:P+L] from data[i, :P].
+    Each path is warmed up first (allocator, kernels, any compilation) by a one-step attack of
+    the same shape as the timed one.
+    """
+    P, L, steps = gcfg.prefix_length, gcfg.target_length, gcfg.steps
+    warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
+    naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
+    naive_s = measure(
+        lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0), device
+    )
+    naive_rate = steps / naive_s
+    rows = []
+    for S in samples:
+        run(attack_model, data[:S, :P], data[:S, P : P + L], warm, list(range(S)))
+        seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
+        rate = S * steps / seconds
+        rows.append({"samples": S, "sample_steps_per_second": rate, "speedup": rate / naive_rate})
+    return naive_rate, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
@@ -142,7 +165,6 @@ def main() -> None:
             "compile": {"on": True, "off": False, "auto": "auto", None: cfg["gcg"]["compile"]}[args.compile],
         }
     )
-    P, L = gcfg.prefix_length, gcfg.target_length
     data = torch.randint(vocab, (max(args.samples), window), generator=torch.Generator().manual_seed(1))
     name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(
@@ -152,26 +174,16 @@ def main() -> None:
     )
 
     if args.check_sync:
+        P, L = gcfg.prefix_length, gcfg.target_length
         if not cuda:
             raise SystemExit("--check-sync needs CUDA (on CPU, tests/test_gcg.py runs the same check)")
         check_no_sync(attack_model, data[:, :P], data[:, P : P + L], GCGConfig(**{**gcfg.__dict__, "steps": 2}), 2)
 
-    # Warm up both paths (allocator, kernels; with compile, every chunk shape S=1 uses) on one short attack.
-    warm = GCGConfig(**{**gcfg.__dict__, "steps": 1})
-    run(attack_model, data[:1, :P], data[:1, P : P + L], warm, [0])
-    naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), warm, 0)
-
-    naive_s = measure(
-        lambda: naive_attack(model, data[0, :P].to(device), data[0, P : P + L].to(device), gcfg, 0), device
-    )
-    naive_rate = steps / naive_s
+    naive_rate, rows = gcg_rates(model, attack_model, gcfg, data, args.samples, device)
     print(f"{'S':>4} | {'ilm.gcg.run sample-steps/s':>26} | {'naive sample-steps/s':>20} | {'speed-up':>8}")
-    for S in args.samples:
-        if use_compile(gcfg.compile, device):  # compile this S's chunk shapes outside the timed run
-            run(attack_model, data[:S, :P], data[:S, P : P + L], warm, list(range(S)))
-        seconds = measure(lambda: run(attack_model, data[:S, :P], data[:S, P : P + L], gcfg, list(range(S))), device)
-        rate = S * steps / seconds
-        print(f"{S:>4} | {rate:>26.2f} | {naive_rate:>20.2f} | {rate / naive_rate:>7.1f}x")
+    for row in rows:
+        print(f"{row['samples']:>4} | {row['sample_steps_per_second']:>26.2f} | {naive_rate:>20.2f} | "
+              f"{row['speedup']:>7.1f}x")
 
 
 if __name__ == "__main__":

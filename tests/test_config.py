@@ -11,6 +11,7 @@ from ilm.config import (
     check_against_data,
     check_data_stats,
     load_config,
+    load_config_unchecked,
     load_schema,
     schema_defaults,
     stage_slice,
@@ -214,6 +215,18 @@ def test_dataclasses_take_every_default_from_the_schema():
         TrainConfig.from_dict({"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="train.batch_size \\(100\\) must be a multiple"):
         TrainConfig.from_dict({"batch_size": 100})
+
+
+def test_unchecked_config_equals_the_validated_one_for_the_paper_config():
+    """load_config_unchecked (the GPU suite, no jsonschema) gives config.yaml exactly as load_config does,
+    and from_section builds the same dataclasses as from_dict from it."""
+    checked = load_config(REPO / "config.yaml")
+    unchecked = load_config_unchecked(REPO / "config.yaml", {"train": {"lr": "0.001"}})
+    assert unchecked["train"]["lr"] == 0.001  # strings coerced as in load_config
+    assert unchecked == load_config(REPO / "config.yaml", {"train": {"lr": 0.001}})
+    assert load_config_unchecked(REPO / "config.yaml") == checked
+    for cls in (ObjectiveConfig, TrainConfig, EvaluateConfig, GCGConfig, StatisticsConfig):
+        assert cls.from_section(checked[cls.SECTION]) == cls.from_dict(checked[cls.SECTION])
 
 
 def test_statistics_defaults_and_ranges():

@@ -26,12 +26,14 @@ import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Optional, TypeVar
 
-import jsonschema
 import yaml
 
 from ilm.names import SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 @lru_cache(maxsize=1)
@@ -273,6 +275,8 @@ def validate_config(
     With one, only the rules whose keys all lie in that stage's slice (or in the dotted keys of
     `scope`) run: a stage is judged on what it reads. Raises ValueError naming each bad key.
     """
+    import jsonschema  # imported here: only validation needs it (load_config_unchecked runs without it)
+
     schema = load_schema()
     cfg = coerce_types(copy.deepcopy(dict(config)), schema)
     _fill_defaults(cfg, schema)
@@ -475,6 +479,21 @@ def load_config(
     return validate_config(cfg, stage=stage)
 
 
+def load_config_unchecked(path: Path, overrides: Optional[Mapping] = None) -> dict:
+    """A config file with `overrides` merged, strings coerced and the schema's defaults filled, NOT validated.
+
+    Only for benchmarks/gpu_suite.py, which runs on a GPU machine without jsonschema: it reads
+    config.yaml, which the tests validate. Every workflow step uses `load_config`.
+    """
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    schema = load_schema()
+    cfg = coerce_types(cfg, schema)
+    _fill_defaults(cfg, schema)
+    return cfg
+
+
 def deep_merge(base: Mapping, update: Mapping) -> dict:
     """A copy of `base` with `update` merged in, recursively for nested mappings."""
     out = copy.deepcopy(dict(base))
@@ -518,7 +537,12 @@ class ConfigSection:
     def from_dict(cls: type[C], values: Optional[Mapping] = None) -> C:
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         scope = {f"{cls.SECTION}.{name}" for name in names}
-        section = validate_config({cls.SECTION: dict(values or {})}, scope=scope)[cls.SECTION]
+        return cls.from_section(validate_config({cls.SECTION: dict(values or {})}, scope=scope)[cls.SECTION])
+
+    @classmethod
+    def from_section(cls: type[C], section: Mapping) -> C:
+        """The dataclass of a section that is already complete (validated, or defaults filled), not checked again."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         return cls(**{name: _frozen(section[name]) for name in names})
 
 

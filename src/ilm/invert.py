@@ -202,7 +202,7 @@ def search(
         from ilm.objectives import ObjectiveConfig
 
         _, gradient_only = parse_variant(method)
-        mask_id = ObjectiveConfig.from_dict(obj).placeholder_id
+        mask_id = ObjectiveConfig.from_section(obj).placeholder_id  # `config` is validated: no jsonschema here
         place = placeholder_fn(method, inv["placeholder"], mask_id, counts)
         propose = gradient_proposer(model, place, gradient_only, obj["grad_scale_tokens"], inv["top_k"])
     return beam_search(model, suffix, inv["prefix_length"], inv["beam"], propose)
