@@ -4,15 +4,21 @@ Writes <out-dir>/suite.json and <out-dir>/suite.md, and the short training run's
 (training_curves.csv, training_curves.png). Parts, each under its own time budget:
 
 1. train_step: one training step (objective + backward) of every variant at micro-batch 256,
-   fp32 with TF32 and bf16 autocast: tokens/s, ratio to base, peak memory (train_step.py).
-2. gcg: sample-steps/s of `ilm.gcg.run` at width 4096 for S in {1, 8, 64}, beside the naive
-   one-sample GCG, in the same run (gcg_step.py).
+   fp32 with TF32 and bf16 autocast, with the configured train.attention: tokens/s, ratio to
+   base, peak memory (train_step.py); and fp32 with the other attention implementation beside
+   it (eager vs sdpa_math, both with a double backward), to choose train.attention by measurement.
+2. gcg: sample-steps/s of `ilm.gcg.run` at width 4096 for S in {1, 8, 64}, uncompiled, beside
+   the naive one-sample GCG, in the same run (gcg_step.py); on CUDA, also whether a step runs
+   with no host synchronisation (torch.cuda.set_sync_debug_mode("error")).
 3. evaluate: windows/s of `ilm.evaluate`'s forward pass and its three inverse passes.
 4. inversion: samples/s of the batched `ilm.invert.search` and of a naive one-sample search,
    checked to return the same beams first (invert_search.py).
 5. training_run: every variant trained for a few dozen steps at the paper's model size on a
    generated corpus (ilm.corpus, offline), with the package's own step functions.
-6. projection: paper-scale GPU-hours per stage from the measured rates (projection.py).
+6. gcg_compiled: part 2 with the candidate forward under torch.compile (gcg.compile: true;
+   `auto` compiles on CUDA), compilation outside the timed run. Last, as compilation is the
+   riskiest part; the projection uses the faster of the two GCG parts.
+7. projection: paper-scale GPU-hours per stage from the measured rates (projection.py).
 
 A part that raises or overruns its budget is recorded as failed/overran and the others still
 run; suite.json is rewritten after every part, so a killed run keeps what finished. Models have
@@ -52,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark modules
 
-from gcg_step import gcg_rates  # noqa: E402
+from gcg_step import check_no_sync, gcg_rates  # noqa: E402
 from invert_search import check_same_beams, measure_inversion, random_suffixes, setup  # noqa: E402
 from projection import project_gpu_hours  # noqa: E402
 from train_step import time_variants  # noqa: E402
@@ -74,8 +80,9 @@ FULL = {
     "invert_suffix_length": None, "invert_method": "identity",
     "run_stories": 8000, "run_data": {}, "run_steps": 60, "run_batch": 256, "run_warmup": 10,
     "run_val_every": 10, "run_val_sequences": 256,
-    "budget_s": {"train_step": 75, "gcg": 90, "evaluate": 30, "inversion": 60, "training_run": 150},
-    "time_limit_s": 450,
+    "budget_s": {"train_step": 85, "gcg": 70, "evaluate": 30, "inversion": 55, "training_run": 120,
+                 "gcg_compiled": 100},
+    "time_limit_s": 460,
 }
 QUICK = {
     "micro_batch": 2, "seq_len": 32, "train_step_steps": 1, "train_step_warmup": 1,
@@ -85,10 +92,11 @@ QUICK = {
     "invert_suffix_length": 6, "invert_method": "identity",
     "run_stories": 150, "run_data": {"vocab_size": 384, "window": 32, "stride": 24}, "run_steps": 2,
     "run_batch": 4, "run_warmup": 1, "run_val_every": 1, "run_val_sequences": 4,
-    "budget_s": {"train_step": 60, "gcg": 60, "evaluate": 60, "inversion": 60, "training_run": 60},
+    "budget_s": {"train_step": 60, "gcg": 60, "evaluate": 60, "inversion": 60, "training_run": 60,
+                 "gcg_compiled": 60},
     "time_limit_s": 300,
 }
-PARTS = ("train_step", "gcg", "evaluate", "inversion", "training_run")
+PARTS = ("train_step", "gcg", "evaluate", "inversion", "training_run", "gcg_compiled")
 # The paper's split (TinyStoriesV2_cleaned, windows of 256): estimates of method-spec §3.3 / §7.3,
 # used unless --data-stats gives a prepared split's counts.
 PAPER_TRAIN_WINDOWS = 1_100_000
@@ -167,34 +175,69 @@ class Suite:
             return self._train_step()
 
     def _train_step(self) -> dict:
+        from ilm.model import ATTENTION, use_attention
+
         s = self.sizes
-        model = self._model().train()
+        attention = self.config["train"]["attention"]
+        model = use_attention(self._model(), attention).train()
         seq_len = s["seq_len"] or self.config["data"]["window"]
         out = {"micro_batch": s["micro_batch"], "seq_len": seq_len, "steps": s["train_step_steps"],
-               "warmup": s["train_step_warmup"], "precisions": {}}
-        for precision, label in (("fp32", "fp32_tf32"), ("bf16", "bf16")):
+               "warmup": s["train_step_warmup"], "attention": attention, "precisions": {}}
+
+        def rows_of(precision: str) -> list[dict]:
             rows = time_variants(model, self.variants, self.objective, s["micro_batch"], seq_len,
                                  s["train_step_steps"], s["train_step_warmup"], precision, self.seed)
             base = next(r["tokens_per_second"] for r in rows if r["variant"] == "base")
-            out["precisions"][label] = [{**r, "ratio_to_base": r["tokens_per_second"] / base} for r in rows]
+            return [{**r, "ratio_to_base": r["tokens_per_second"] / base} for r in rows]
+
+        for precision, label in (("fp32", "fp32_tf32"), ("bf16", "bf16")):
+            out["precisions"][label] = rows_of(precision)
+        # The other implementation, fp32 only: tokens/s relative to the configured one, variant by variant.
+        configured = {r["variant"]: r["tokens_per_second"] for r in out["precisions"]["fp32_tf32"]}
+        out["other_attention"] = {}
+        for other in (a for a in ATTENTION if a != attention):
+            use_attention(model, other)
+            out["other_attention"][other] = [
+                {**r, "ratio_to_configured": r["tokens_per_second"] / configured[r["variant"]]}
+                for r in rows_of("fp32")
+            ]
+        use_attention(model, attention)
         return out
 
-    def gcg(self) -> dict:
+    def gcg(self, compile: bool = False) -> dict:
         from ilm.gcg import GCGConfig, use_sdpa_attention
 
         s = self.sizes
         model = self._model().eval()  # eager attention, as ilm.model loads it (the naive reference)
         attack_model = use_sdpa_attention(copy.deepcopy(model))  # what `ilm gcg-attack` runs
-        section = {**self.config["gcg"], "search_width": s["gcg_width"], "steps": s["gcg_steps"]}
+        section = {**self.config["gcg"], "search_width": s["gcg_width"], "steps": s["gcg_steps"],
+                   "compile": compile}
         if s["gcg_top_k"] is not None:
             section["top_k"] = s["gcg_top_k"]
         gcfg = GCGConfig.from_section(section)
         vocab, window = self.config["model"]["vocab_size"], self.config["data"]["window"]
         data = torch.randint(vocab, (max(s["gcg_samples"]), window), generator=torch.Generator().manual_seed(1))
         naive_rate, rows = gcg_rates(model, attack_model, gcfg, data, s["gcg_samples"], self.device)
-        return {"width": gcfg.search_width, "steps": gcfg.steps, "top_k": gcfg.top_k,
-                "precision": gcfg.precision if self.device.type == "cuda" else "fp32",
-                "chunk": gcfg.max_candidates_per_forward, "naive_sample_steps_per_second": naive_rate, "rows": rows}
+        out = {"width": gcfg.search_width, "steps": gcfg.steps, "top_k": gcfg.top_k, "compile": compile,
+               "precision": gcfg.precision if self.device.type == "cuda" else "fp32",
+               "chunk": gcfg.max_candidates_per_forward, "naive_sample_steps_per_second": naive_rate, "rows": rows}
+        if self.device.type == "cuda" and not compile:
+            out["host_sync_free"] = self._sync_check(attack_model, gcfg, data)
+        return out
+
+    def _sync_check(self, attack_model, gcfg, data: torch.Tensor) -> str:
+        """"yes", or the first synchronising call's error: every step of a 2-step attack of 8 samples runs
+        under torch.cuda.set_sync_debug_mode("error") (gcg_step.check_no_sync)."""
+        from ilm.gcg import GCGConfig
+
+        P, L = gcfg.prefix_length, gcfg.target_length
+        samples = min(8, len(data))
+        try:
+            check_no_sync(attack_model, data[:, :P].to(self.device), data[:, P : P + L].to(self.device),
+                          GCGConfig(**{**gcfg.__dict__, "steps": 2}), samples)
+        except RuntimeError as e:
+            return f"no: {str(e).splitlines()[0]}"
+        return "yes"
 
     def evaluate(self) -> dict:
         from ilm.evaluate import forward_metrics, inverse_metrics
@@ -369,10 +412,16 @@ def projections(config: Mapping, parts: Mapping, train_windows: int, test_window
     missing = [p for p in needed if parts.get(p, {}).get("status") != "ok"]
     if missing:
         raise ValueError(f"no projection: the part(s) {', '.join(missing)} did not finish")
-    gcg_s, gcg_rate = _at_samples(parts["gcg"]["rows"], config["gcg"]["batch_samples"], "sample_steps_per_second")
+    gcg_parts = [parts[p] for p in ("gcg", "gcg_compiled") if parts.get(p, {}).get("status") == "ok"]
+    gcg_s, gcg_rate, gcg_compiled = max(
+        ((*_at_samples(p["rows"], config["gcg"]["batch_samples"], "sample_steps_per_second"), p["compile"])
+         for p in gcg_parts),
+        key=lambda measured: measured[1],
+    )
     inv_s, inv_rate = _at_samples(parts["inversion"]["rows"], config["invert"]["batch_samples"],
                                   "samples_per_second")
-    rates = {"gcg_samples": gcg_s, "gcg_sample_steps_per_second": gcg_rate, "inversion_samples": inv_s,
+    rates = {"gcg_samples": gcg_s, "gcg_sample_steps_per_second": gcg_rate, "gcg_compiled": gcg_compiled,
+             "inversion_samples": inv_s,
              "inversion_samples_per_second": inv_rate,
              "evaluation_windows_per_second": parts["evaluate"]["windows_per_second"]}
     out = {"rates": rates, "train_windows": train_windows, "test_windows": test_windows, "by_precision": {}}
@@ -411,13 +460,22 @@ def summary_markdown(result: Mapping) -> str:
             for r in rows:
                 lines.append(f"| {label} | {r['variant']} | {r['tokens_per_second']:,.0f} | {r['ratio_to_base']:.3f} "
                              f"| {1000 * r['seconds_per_step']:.1f} | {_fmt(r['peak_memory_gib'], '.2f')} |")
-    p = parts.get("gcg", {})
-    if p.get("status") == "ok":
-        lines += ["", f"## GCG, width {p['width']}, top-k {p['top_k']}, {p['steps']} steps, {p['precision']}", "",
+        for other, rows in p.get("other_attention", {}).items():
+            lines += ["", f"{other} attention instead of {p['attention']} (train.attention), fp32: "
+                      + ", ".join(f"{r['variant']} {r['tokens_per_second']:,.0f} tokens/s "
+                                  f"({r['ratio_to_configured']:.2f}x)" for r in rows)]
+    for name in ("gcg", "gcg_compiled"):
+        p = parts.get(name, {})
+        if p.get("status") != "ok":
+            continue
+        lines += ["", f"## GCG, width {p['width']}, top-k {p['top_k']}, {p['steps']} steps, {p['precision']}, "
+                  f"{'compiled' if p['compile'] else 'not compiled'}", "",
                   "| S | ilm.gcg.run sample-steps/s | naive sample-steps/s | speed-up |", "|---:|---:|---:|---:|"]
         for r in p["rows"]:
             lines.append(f"| {r['samples']} | {r['sample_steps_per_second']:,.1f} | "
                          f"{p['naive_sample_steps_per_second']:,.1f} | {r['speedup']:.1f}x |")
+        if "host_sync_free" in p:
+            lines += ["", f"A step with no host synchronisation: {p['host_sync_free']}"]
     p = parts.get("evaluate", {})
     if p.get("status") == "ok":
         passes = ", ".join(f"{k} {v:.2f} s" for k, v in p["pass_seconds"].items())
@@ -447,7 +505,8 @@ def summary_markdown(result: Mapping) -> str:
     if "by_precision" in proj:
         rates = proj["rates"]
         lines += ["", f"## Projected paper-scale GPU-hours on this device ({proj['train_windows']:,} train and "
-                  f"{proj['test_windows']:,} test windows; GCG at S={rates['gcg_samples']}, inversion at "
+                  f"{proj['test_windows']:,} test windows; GCG at S={rates['gcg_samples']}"
+                  f"{', compiled' if rates.get('gcg_compiled') else ''}, inversion at "
                   f"S={rates['inversion_samples']})", "",
                   "| training precision | train (all variants) | GCG | inversion | evaluate | total |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -486,7 +545,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=REPO / "config.yaml", help="the paper config (sizes, settings)")
     p.add_argument("--quick", action="store_true", help="every part at tiny sizes (a CPU, the tests)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=None,
+                   help="default: all; with --quick all but gcg_compiled (compiling takes minutes on a CPU)")
     p.add_argument("--data-stats", type=Path, default=None,
                    help="a prepared paper split's stats.json: its train/test window counts for the projection "
                         f"(default: the estimates {PAPER_TRAIN_WINDOWS:,} / {PAPER_TEST_WINDOWS:,})")
@@ -536,8 +596,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runners: dict[str, Callable[[], dict]] = {
         "train_step": suite.train_step, "gcg": suite.gcg, "evaluate": suite.evaluate,
         "inversion": suite.inversion, "training_run": lambda: suite.training_run(out_dir),
+        "gcg_compiled": lambda: suite.gcg(compile=True),
     }
-    for name in args.parts:
+    parts = args.parts or [p for p in PARTS if not (args.quick and p == "gcg_compiled")]
+    for name in parts:
         left = sizes["time_limit_s"] - (time.perf_counter() - started)
         budget = min(sizes["budget_s"][name], left)
         result["parts"][name] = run_part(name, runners[name], budget, device)

@@ -143,6 +143,12 @@ def test_quick_suite_json(quick_suite: Path):
             tokens = parts["train_step"]["micro_batch"] * parts["train_step"]["seq_len"]
             assert r["tokens_per_second"] == pytest.approx(tokens / r["seconds_per_step"])
             assert r["ratio_to_base"] == pytest.approx(r["tokens_per_second"] / base)
+    configured = {r["variant"]: r["tokens_per_second"] for r in parts["train_step"]["precisions"]["fp32_tf32"]}
+    assert parts["train_step"]["attention"] == "sdpa_math"
+    (other,) = parts["train_step"]["other_attention"]["eager"],
+    assert [r["variant"] for r in other] == VARIANTS
+    for r in other:
+        assert r["ratio_to_configured"] == pytest.approx(r["tokens_per_second"] / configured[r["variant"]])
 
     gcg = parts["gcg"]
     assert [r["samples"] for r in gcg["rows"]] == [1, 2] and gcg["naive_sample_steps_per_second"] > 0
