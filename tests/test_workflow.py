@@ -55,6 +55,16 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     assert counts["judge_inversion"] == 5 and counts["judge_attacks"] == 4
 
 
+def test_fetch_judges_failure_reaches_the_terminal_as_one_line(tmp_path):
+    """A Hub judge that cannot be fetched (here: Hub offline) stops fetch_judges with the HF_TOKEN line on stderr."""
+    target = "resources/judges/meta-llama__Llama-3.2-1B"
+    proc = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(), env={"HF_HUB_OFFLINE": "1"}, check=False)
+    assert proc.returncode != 0 and not (tmp_path / target).exists()
+    lines = [line for line in proc.stderr.splitlines() if "HF_TOKEN" in line]
+    assert lines and all("https://huggingface.co/meta-llama/Llama-3.2-1B" in line for line in lines)
+    assert lines[0].startswith("ilm fetch-judge: error: meta-llama/Llama-3.2-1B could not be downloaded")
+
+
 def test_ablation_variants_can_be_added(tmp_path):
     """Listing the gradient-only ablations in `variants` adds their jobs."""
     cfg = tmp_path / "ablations.yaml"
