@@ -48,12 +48,12 @@ def bert_judge_dir(tmp_path_factory) -> Path:
 
 
 def test_perplexity_equals_a_per_text_computation(llama_judge_dir):
-    """Batched, right-padded judge perplexity equals exp(mean NLL) of each text run alone."""
+    """Batched, right-padded judge perplexity equals exp(mean NLL) of each text run alone after a BOS."""
     judge = PerplexityJudge(str(llama_judge_dir), torch.device("cpu"), batch_size=3, max_length=64)
     texts = ["Once upon a time there was a cat.", "The dog ran.", "A big red ball rolled down the hill slowly."]
     got = judge.perplexity(texts)
     for text, value in zip(texts, got):
-        ids = torch.tensor([judge.tokenizer(text)["input_ids"]])
+        ids = torch.tensor([[judge.tokenizer.bos_token_id, *judge.tokenizer(text)["input_ids"]]])
         with torch.no_grad():
             logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].double(), -1)
         nll = -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].mean().item()
@@ -69,6 +69,16 @@ def test_similarity_is_the_cosine_of_mean_pooled_embeddings(bert_judge_dir):
     emb = judge.model.encode(["the dog ran", "a red cat"], convert_to_numpy=True)
     expected = float(emb[0] @ emb[1] / np.linalg.norm(emb[0]) / np.linalg.norm(emb[1]))
     assert got[1] == pytest.approx(expected, abs=1e-5) and got[1] < 0.9999
+
+
+def test_one_token_text_is_scored_after_the_bos(llama_judge_dir):
+    """The workflow's tokenizer adds no BOS: the judge prepends it, so a one-token text has a finite perplexity."""
+    judge = PerplexityJudge(str(llama_judge_dir), torch.device("cpu"), batch_size=2, max_length=64)
+    assert judge.tokenizer("a")["input_ids"][:1] != [judge.tokenizer.bos_token_id]
+    one = judge.tokenizer.decode(judge.tokenizer("the")["input_ids"][:1])
+    got = judge.perplexity([one, ""])
+    assert got[0] == pytest.approx(_ppl_alone(judge, one), rel=1e-4) and got[0] > 1
+    assert np.isnan(got[1])  # "" is the BOS alone: nothing to predict
 
 
 def test_first_words_and_gated_message():
@@ -118,7 +128,7 @@ def test_packaged_judge_embeds_like_all_minilm(tmp_path):
 
 
 def _ppl_alone(judge: PerplexityJudge, text: str) -> float:
-    ids = torch.tensor([judge.tokenizer(text)["input_ids"]])
+    ids = torch.tensor([[judge.tokenizer.bos_token_id, *judge.tokenizer(text)["input_ids"]]])
     with torch.no_grad():
         logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].double(), -1)
     return math.exp(-logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].mean().item())

@@ -49,15 +49,20 @@ class SimilarityJudge:
 
         if len(a) != len(b):
             raise ValueError(f"similarity needs pairs of texts ({len(a)} vs {len(b)})")
-        ea = self.model.encode(list(a), batch_size=self.batch_size, convert_to_tensor=True)
-        eb = self.model.encode(list(b), batch_size=self.batch_size, convert_to_tensor=True)
+        ea = self.model.encode(list(a), batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
+        eb = self.model.encode(list(b), batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
         sim = F.cosine_similarity(ea, eb, dim=-1).float().cpu().numpy()
         empty = np.array([not x.strip() or not y.strip() for x, y in zip(a, b)], dtype=bool)
         return np.where(empty, 0.0, sim)
 
 
 class PerplexityJudge:
-    """exp(mean next-token CE) of each text under a causal LM; the tokenizer's BOS, if it adds one, is context."""
+    """exp(mean next-token CE) of each text under a causal LM, with a BOS token as context.
+
+    Llama's tokenizer adds its BOS itself (§3.7); for a tokenizer that declares one but does not add
+    it (the workflow's own, when the Baseline stands in as judge) it is prepended here, so that a
+    one-token text has a perplexity too. A text of fewer than two tokens otherwise scores NaN.
+    """
 
     def __init__(self, path: str, device: torch.device, batch_size: int, max_length: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,7 +70,16 @@ class PerplexityJudge:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
-        self.device, self.batch_size, self.max_length = device, batch_size, max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None) or max_length
+        self.device, self.batch_size, self.max_length = device, batch_size, min(max_length, positions)
+
+    def token_ids(self, text: str) -> list[int]:
+        """The judge's ids of `text`: BOS first (added when the tokenizer does not), at most max_length."""
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids][: self.max_length]
+        return ids
 
     def perplexity(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -80,7 +94,7 @@ class PerplexityJudge:
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            enc = [self.tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in batch]
+            enc = [self.token_ids(t) for t in batch]
             width = max(1, *(len(ids) for ids in enc))  # an empty text scores NaN
             ids = torch.zeros((len(enc), width), dtype=torch.long)
             mask = torch.zeros((len(enc), width), dtype=torch.long)
