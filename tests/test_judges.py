@@ -225,11 +225,14 @@ def test_write_judged_records_the_judges_and_runs_offline(judges, llama_judge_di
                   "reconstruction_ids": [_ids(tok, "a cat")], "suffix_ids": [_ids(tok, " sat down")]}).to_csv(metrics, index=False)
     out = metrics.with_name("inversion_judged.csv")
     cfg = validate_config({"judge": {"device": "cpu"}})
-    write_judged("inversion", metrics, tiny_data_dir / "tokenizer.json", bert_judge_dir, llama_judge_dir, out, cfg)
+    write_judged("inversion", [metrics], tiny_data_dir / "tokenizer.json", bert_judge_dir, llama_judge_dir, [out], cfg)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     judged = pd.read_csv(out)
     assert judged["prefix_text"].tolist() == [tok.decode(tok("the cat", add_special_tokens=False)["input_ids"])]
     meta = json.loads(out.with_name("inversion_judged.meta.json").read_text())
     assert len(meta["similarity_judge"]) == 64 and meta["similarity_judge"] != meta["perplexity_judge"]
     with pytest.raises(ValueError, match="run fetch_judges"):
-        write_judged("inversion", metrics, tiny_data_dir / "tokenizer.json", tmp_path / "nope", llama_judge_dir, out, cfg)
+        write_judged("inversion", [metrics], tiny_data_dir / "tokenizer.json", tmp_path / "nope", llama_judge_dir, [out], cfg)
+    with pytest.raises(ValueError, match="one --out per --metrics file"):
+        write_judged("inversion", [metrics, metrics], tiny_data_dir / "tokenizer.json", bert_judge_dir, llama_judge_dir,
+                     [out], cfg)

@@ -328,14 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="resources/judges/<folder>")
     p.set_defaults(func=cmd_fetch_judge)
 
-    for name, what, out in (("judge-inversion", "a method's inversion.csv", "inversion_judged.csv"),
-                            ("judge-attacks", "a variant's GCG gcg.csv", "gcg_judged.csv")):
+    for name, what, out in (("judge-inversion", "each method's inversion.csv", "inversion_judged.csv"),
+                            ("judge-attacks", "each variant's GCG gcg.csv", "gcg_judged.csv")):
         p = sub.add_parser(name, help=f"judge similarity and perplexity of {what}, texts decoded")
-        p.add_argument("--metrics", type=Path, required=True, help=what)
+        p.add_argument("--metrics", type=Path, nargs="+", required=True, help=what)
         p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.json")
         p.add_argument("--similarity-judge", type=Path, required=True, help="local sentence-transformers folder")
         p.add_argument("--perplexity-judge", type=Path, required=True, help="local causal-LM folder")
-        p.add_argument("--out", type=Path, required=True, help=out)
+        p.add_argument("--out", type=Path, nargs="+", required=True, help=f"{out}, one per --metrics file")
         _add_config_args(p)
         p.set_defaults(func=cmd_judge)
 

@@ -119,31 +119,43 @@ def offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def write_judged(kind: str, metrics: Path, tokenizer_path: Path, similarity_dir: Path, perplexity_dir: Path,
-                 out: Path, config: Mapping) -> pd.DataFrame:
-    """`kind` "inversion" or "attacks": judge one per-sample metric file, write `out` and its .meta.json."""
+def _read_metrics(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ValueError(f"per-sample metrics {path} do not exist; run the rule that writes it first")
+    return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={
+        c: str for c in ("prefix_ids", "reconstruction_ids", "suffix_ids", "attack_ids", "success")})
+
+
+def write_judged(kind: str, metrics: Sequence[Path], tokenizer_path: Path, similarity_dir: Path,
+                 perplexity_dir: Path, outs: Sequence[Path], config: Mapping) -> list[pd.DataFrame]:
+    """`kind` "inversion" or "attacks": judge each per-sample metric file into its `outs` entry (and .meta.json).
+
+    The judges load once for all files (one job per kind: loading dominates at small scale).
+    """
     from ilm.data import load_tokenizer
 
     offline()
-    metrics, out = Path(metrics), Path(out)
-    if not metrics.is_file():
-        raise ValueError(f"per-sample metrics {metrics} do not exist; run the rule that writes it first")
-    frame = pd.read_csv(metrics, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={
-        c: str for c in ("prefix_ids", "reconstruction_ids", "suffix_ids", "attack_ids", "success")})
+    if kind not in ("inversion", "attacks"):
+        raise ValueError(f"unknown kind {kind!r}; choose inversion or attacks")
+    metrics, outs = [Path(p) for p in metrics], [Path(p) for p in outs]
+    if len(metrics) != len(outs):
+        raise ValueError(f"{len(metrics)} metric files but {len(outs)} outputs; pass one --out per --metrics file")
+    frames = [_read_metrics(p) for p in metrics]  # every input checked before the judges load
     tokenizer = load_tokenizer(Path(tokenizer_path))
     similarity, perplexity = load_judges(similarity_dir, perplexity_dir, config)
-    log.info("judging %d samples of %s", len(frame), metrics)
-    if kind == "inversion":
-        judged = judge_inversion(frame, tokenizer, similarity, perplexity, config["judge"]["ppl_words"])
-    elif kind == "attacks":
-        judged = judge_attacks(frame, tokenizer, similarity, perplexity)
-    else:
-        raise ValueError(f"unknown kind {kind!r}; choose inversion or attacks")
-    write_text(out, judged.to_csv(index=False))
-    write_json(meta_path(out), provenance(
-        dict(config["judge"]),
-        inputs={str(metrics): file_sha256(metrics), str(tokenizer_path): file_sha256(tokenizer_path)},
-        similarity_judge=judge_fingerprint(similarity_dir), perplexity_judge=judge_fingerprint(perplexity_dir),
-    ))
-    log.info("%d judged samples -> %s", len(judged), out)
-    return judged
+    judges = {"similarity_judge": judge_fingerprint(similarity_dir), "perplexity_judge": judge_fingerprint(perplexity_dir)}
+    results = []
+    for path, frame, out in zip(metrics, frames, outs):
+        log.info("judging %d samples of %s", len(frame), path)
+        if kind == "inversion":
+            judged = judge_inversion(frame, tokenizer, similarity, perplexity, config["judge"]["ppl_words"])
+        else:
+            judged = judge_attacks(frame, tokenizer, similarity, perplexity)
+        write_text(out, judged.to_csv(index=False))
+        write_json(meta_path(out), provenance(
+            dict(config["judge"]),
+            inputs={str(path): file_sha256(path), str(tokenizer_path): file_sha256(tokenizer_path)}, **judges,
+        ))
+        log.info("%d judged samples -> %s", len(judged), out)
+        results.append(judged)
+    return results

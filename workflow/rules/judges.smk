@@ -20,22 +20,22 @@ rule fetch_judges:
 
 
 rule judge_inversion:
-    # Judge similarity and perplexity of a method's decoded inversions (reconstruction vs original prefix).
+    # Judge similarity and perplexity of every method's decoded inversions (judges loaded once for all).
     input:
         unpack(judge_inputs),
-        metrics=f"{RESULTS}/metrics/{{method}}/inversion.csv",
+        metrics=invert_metric_files("inversion.csv"),
         tokenizer=f"{DATA}/tokenizer.json",
     output:
-        judged=f"{RESULTS}/metrics/{{method}}/inversion_judged.csv",
+        judged=invert_metric_files("inversion_judged.csv"),
     log:
-        "logs/judges/inversion/{method}.log",
+        "logs/judges/inversion.log",
     conda:
         CONDA_ENV
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=60,
+        runtime=120,
     params:
         similarity=JUDGE_DIRS["similarity"],
         perplexity=JUDGE_DIRS["perplexity"],
@@ -47,22 +47,22 @@ rule judge_inversion:
 
 
 rule judge_attacks:
-    # Naturalness of a variant's GCG attacks: judge perplexity, repeats, similarity, non-alphanumeric share.
+    # Naturalness of every variant's GCG attacks: judge perplexity, repeats, similarity, non-alphanumeric share.
     input:
         unpack(judge_inputs),
-        metrics=f"{RESULTS}/metrics/{{variant}}/gcg.csv",
+        metrics=metric_files("gcg.csv"),
         tokenizer=f"{DATA}/tokenizer.json",
     output:
-        judged=f"{RESULTS}/metrics/{{variant}}/gcg_judged.csv",
+        judged=metric_files("gcg_judged.csv"),
     log:
-        "logs/judges/gcg/{variant}.log",
+        "logs/judges/gcg.log",
     conda:
         CONDA_ENV
     threads: 2
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=60,
+        runtime=120,
     params:
         similarity=JUDGE_DIRS["similarity"],
         perplexity=JUDGE_DIRS["perplexity"],
