@@ -420,13 +420,15 @@ def test_inversion_table_joins_the_judged_file_by_sample(tmp_path):
     d.mkdir()
     pd.DataFrame({"method": "identity", "sample": [4, 9], "f1": [0.5, 1.0]}).to_csv(d / "inversion.csv", index=False)
     judged = pd.DataFrame({"sample": [9, 4], "similarity_prefix": [0.9, 0.1], "similarity_full": 0.5,
-                           "judge_ppl_prefix_reconstruction": 1.0, "judge_ppl_prefix_original": 1.0,
+                           "judge_ppl_prefix_reconstruction": [float("nan"), 3.0], "judge_ppl_prefix_original": 1.0,
                            "judge_ppl_full_reconstruction": 1.0, "judge_ppl_full_original": 1.0})
     judged.to_csv(d / "inversion_judged.csv", index=False)
     cfg = validate_config({})
     inversion.write([d / "inversion.csv", d / "inversion_judged.csv"], tmp_path / "inversion", cfg)
     table = pd.read_csv(tmp_path / "inversion.csv")
     assert table["Similarity prefix mean"][0] == pytest.approx(0.5)
+    assert table["Rec. judged"][0] == 1 and table["Judge PPL rec. mean"][0] == 3.0  # the empty reconstruction left out
+    assert "| Identity | 2 | 1 | 0.750 ± 0.354 |" in (tmp_path / "inversion.md").read_text()
     assert "all-MiniLM-L6-v2" in (tmp_path / "inversion.tex").read_text()
     judged.assign(sample=[9, 5]).to_csv(d / "inversion_judged.csv", index=False)
     with pytest.raises(ValueError, match="does not judge exactly the samples"):

@@ -163,7 +163,7 @@ def test_smoke_run_produces_every_table_and_figure(smoke_run):
     for model in forward["Model"]:
         assert total[model, "all"] == total[model, "success"] + total[model, "failure"] > 0
     examples = (tables / "inversion_examples.tex").read_text()
-    assert examples.count(r"$\hat{x}$") == 2 * 5 and "Reverse bigram" in examples  # invert.examples 2, 5 methods
+    assert examples.count("\n$\\hat{x}$ & ") == 2 * 5 and "Reverse bigram" in examples  # invert.examples 2, 5 methods
     setup = pd.read_csv(tables / "setup.csv", dtype=str)
     assert int(dict(zip(setup["Setting"], setup["Value"]))["Parameters"]) > 0
     entropy = pd.read_csv(tables / "token_entropy.csv")

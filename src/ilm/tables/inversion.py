@@ -20,6 +20,8 @@ from ilm.names import order_variants, variant_name
 from ilm.tables.common import latex_escape, to_markdown, variant_of
 
 JUDGED = "inversion_judged.csv"
+# Reconstructions that have a judge perplexity (the rest decode to an empty text).
+JUDGED_COUNT = ("judge_ppl_prefix_reconstruction", "Rec. judged")
 # (column of the per-sample file, name in the table)
 METRICS = (
     ("f1", "Token F1"),
@@ -64,13 +66,15 @@ def build(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             if column in f:
                 row[f"{name} mean"] = float(f[column].mean())
                 row[f"{name} std"] = float(f[column].std(ddof=1)) if len(f) > 1 else float("nan")
+        if JUDGED_COUNT[0] in f:  # an empty decoded reconstruction (special tokens only) has no judge perplexity
+            row[JUDGED_COUNT[1]] = int(f[JUDGED_COUNT[0]].notna().sum())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def pm(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """The table with each mean/std pair joined into one "mean ± std" column."""
-    out = table[["Method", "Samples"]].copy()
+    out = table[["Method", "Samples", *([JUDGED_COUNT[1]] if JUDGED_COUNT[1] in table else [])]].copy()
     for column in table.columns:
         if column.endswith(" mean"):
             name = column[: -len(" mean")]
@@ -96,7 +100,9 @@ def judged(config: Mapping) -> str:
     return (
         " Judge columns: cosine similarity of the reconstructed and original prefix (primary) and of the full "
         f"texts, and judge perplexity of the first {config['judge']['ppl_words']} words of each prefix, alone "
-        f"and followed by the suffix ({judges_named(config)})."
+        f"and followed by the suffix ({judges_named(config)}). A reconstruction of special tokens only decodes to "
+        f"an empty text, which has no perplexity: the judge perplexity means are over the {JUDGED_COUNT[1]} "
+        "samples of each row."
     )
 
 
