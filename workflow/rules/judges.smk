@@ -16,7 +16,7 @@ rule fetch_judges:
     shell:
         # the error's one line (e.g. the gated-model hint naming HF_TOKEN) also goes to the terminal
         "ilm fetch-judge --model {params.model:q} --out {output.folder} > {log} 2>&1"
-        " || {{ tail -n 1 {log} >&2; exit 1; }}"
+        " || (tail -n 1 {log} >&2; exit 1)"
 
 
 rule judge_inversion:
