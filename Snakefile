@@ -26,6 +26,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/studies.smk"
 include: "workflow/rules/pilot.smk"
 include: "workflow/rules/invert.smk"
+include: "workflow/rules/judges.smk"
 
 
 # Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
@@ -55,6 +56,9 @@ localrules:
     plot_pag_fgsm_sweep,
     select_invert_samples,
     tabulate_inversion,
+    tabulate_inversion_examples,
+    fetch_judges,
+    tabulate_gcg_naturalness,
 
 
 rule all:

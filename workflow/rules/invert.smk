@@ -92,6 +92,7 @@ rule tabulate_inversion:
     # Inversion metrics per variant and the reverse-bigram baseline, mean ± std over the same samples.
     input:
         metrics=invert_metric_files("inversion.csv"),
+        judged=invert_metric_files("inversion_judged.csv"),
     output:
         csv=report(
             f"{RESULTS}/tables/inversion.csv",
@@ -108,5 +109,27 @@ rule tabulate_inversion:
         stem=output_stem,
         config=config_file("tabulate_inversion"),
     shell:
-        "ilm table inversion --inputs {input.metrics}"
+        "ilm table inversion --inputs {input.metrics} {input.judged}"
+        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+
+
+rule tabulate_inversion_examples:
+    # The most fluent reconstructions per method by judge perplexity, decoded (LaTeX).
+    input:
+        judged=invert_metric_files("inversion_judged.csv"),
+    output:
+        report(
+            f"{RESULTS}/tables/inversion_examples.tex",
+            caption="../report/inversion_examples.rst",
+            category="Grounding",
+        ),
+    log:
+        "logs/tables/inversion_examples.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+        config=config_file("tabulate_inversion_examples"),
+    shell:
+        "ilm table inversion_examples --inputs {input.judged}"
         " --out-stem {params.stem} --config {params.config} > {log} 2>&1"

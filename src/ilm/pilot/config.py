@@ -15,7 +15,6 @@ PILOT_NAMES = {
     "pag_score_similar_samples": "PAG-score (similar samples)",
     "pag_score_similar_features": "PAG-score (similar features)†",  # † the paper's cosine across the batch
 }
-PACKAGED_PREFIX = "packaged:"
 
 
 @dataclass(frozen=True)

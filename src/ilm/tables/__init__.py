@@ -16,6 +16,8 @@ TABLES = (
     "gcg_summary",
     "gcg_examples",
     "inversion",
+    "inversion_examples",
+    "gcg_naturalness",
 )
 
 
