@@ -438,6 +438,11 @@ def _fmt(value: Optional[float], spec: str = ",.1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _rate_rows(rows: Sequence[Mapping], key: str, naive: float, spec: str) -> list[str]:
+    """Markdown rows `| S | rate | naive rate | speed-up |` of a batched-vs-naive part (GCG, inversion)."""
+    return [f"| {r['samples']} | {format(r[key], spec)} | {format(naive, spec)} | {r['speedup']:.1f}x |" for r in rows]
+
+
 def summary_markdown(result: Mapping) -> str:
     """The suite's results as markdown: the environment, one table per part, the projection, what failed."""
     env, parts = result["environment"], result["parts"]
@@ -471,9 +476,7 @@ def summary_markdown(result: Mapping) -> str:
         lines += ["", f"## GCG, width {p['width']}, top-k {p['top_k']}, {p['steps']} steps, {p['precision']}, "
                   f"{'compiled' if p['compile'] else 'not compiled'}", "",
                   "| S | ilm.gcg.run sample-steps/s | naive sample-steps/s | speed-up |", "|---:|---:|---:|---:|"]
-        for r in p["rows"]:
-            lines.append(f"| {r['samples']} | {r['sample_steps_per_second']:,.1f} | "
-                         f"{p['naive_sample_steps_per_second']:,.1f} | {r['speedup']:.1f}x |")
+        lines += _rate_rows(p["rows"], "sample_steps_per_second", p["naive_sample_steps_per_second"], ",.1f")
         if "host_sync_free" in p:
             lines += ["", f"A step with no host synchronisation: {p['host_sync_free']}"]
     p = parts.get("evaluate", {})
@@ -487,9 +490,7 @@ def summary_markdown(result: Mapping) -> str:
         lines += ["", f"## Inversion ({p['method']}, prefix {p['prefix_length']}, suffix {p['suffix_length']}, "
                   f"beam {p['beam']}, top-k {p['top_k']}; same beams as the naive search: checked)", "",
                   "| S | batched samples/s | naive samples/s | speed-up |", "|---:|---:|---:|---:|"]
-        for r in p["rows"]:
-            lines.append(f"| {r['samples']} | {r['samples_per_second']:,.2f} | "
-                         f"{p['naive_samples_per_second']:,.2f} | {r['speedup']:.1f}x |")
+        lines += _rate_rows(p["rows"], "samples_per_second", p["naive_samples_per_second"], ",.2f")
     p = parts.get("training_run", {})
     if p.get("status") == "ok":
         lines += ["", f"## Short training run ({p['train_windows']} generated windows of {p['window']}, batch "
