@@ -39,7 +39,8 @@ def slurm_cluster():
     if up.returncode != 0:
         if up.returncode != 77:  # 77: refused before starting anything
             subprocess.run(down, env=env, capture_output=True)
-        why = (up.stderr.strip().splitlines() or [f"exit status {up.returncode}"])[-1]
+        # up.sh ends stderr with a one-line reason; the lines before it (logs) give its context.
+        why = " | ".join(up.stderr.strip().splitlines()[-4:]) or f"exit status {up.returncode}"
         _skip_or_fail(f"no local SLURM cluster: {why}")
     info = dict(line.split("=", 1) for line in up.stdout.splitlines() if re.match(r"^[A-Z_]+=", line))
     try:

@@ -29,6 +29,12 @@ export SLURM_CONF=$ETC/slurm.conf
 
 cannot() { echo "cannot start SLURM: $*" >&2; exit 77; }
 fail() { echo "SLURM failed to start: $*" >&2; exit 1; }
+# The last error lines of a daemon's log, on one line (the caller reads only stderr's last line).
+errors() { grep -E 'fatal|error' "$LOG/$1.log" 2>/dev/null | grep -v -E 'pmix|MPI: Cannot create context' | tail -"${2:-2}" | tr '\n' ' '; }
+# Both daemons write their pid file only after they fork (slurmd after loading its plugins and
+# binding its port), so a missing file means "still starting"; a file whose process is gone
+# means the daemon died. (Checking the file right after `slurmd` returned failed CI once.)
+died() { [ -s "$RUN/$1.pid" ] && ! kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 [ "$(uname -s)" = Linux ] || cannot "needs Linux"
 [ "$(id -u)" = 0 ] || cannot "needs root (slurmd runs jobs as their users; run the tests as root)"
@@ -151,13 +157,14 @@ mkdir -p "$(dirname "$SITE_CONF")"
 ln -sfn "$SLURM_CONF" "$SITE_CONF"
 
 # 8. Daemons (both daemonize; -c: ignore saved state; -N: our node name).
-slurmctld -c -f "$SLURM_CONF" || fail "slurmctld exited: $(tail -3 "$LOG/slurmctld.log" 2>/dev/null)"
-slurmd -N localhost -f "$SLURM_CONF" || fail "slurmd exited: $(tail -3 "$LOG/slurmd.log" 2>/dev/null)"
+rm -f "$RUN/slurmctld.pid" "$RUN/slurmd.pid"
+slurmctld -c -f "$SLURM_CONF" || fail "slurmctld exited: $(errors slurmctld 3)"
+slurmd -N localhost -f "$SLURM_CONF" || fail "slurmd exited: $(errors slurmd 3)"
 
 st=""
-for _ in $(seq 80); do
+for _ in $(seq 120); do
   for d in slurmctld slurmd; do
-    kill -0 "$(cat "$RUN/$d.pid" 2>/dev/null)" 2>/dev/null || fail "$d died: $(grep -E 'fatal|error' "$LOG/$d.log" | tail -2)"
+    if died $d; then fail "$d died: $(errors $d)"; fi
   done
   st=$(timeout 5 sinfo -h -n localhost -o %t 2>/dev/null || true)
   [ "$st" = idle ] && break
@@ -166,7 +173,8 @@ done
 if [ "$st" != idle ]; then
   sinfo -R >&2 || true
   tail -5 "$LOG/slurmctld.log" "$LOG/slurmd.log" >&2 || true
-  fail "node state '$st' after 20 s, not idle"
+  for d in slurmctld slurmd; do [ -s "$RUN/$d.pid" ] || fail "$d wrote no pid file in 30 s: $(errors $d)"; done
+  fail "node state '$st' after 30 s, not idle"
 fi
 
 # 9. One real batch job through the whole path (munge, slurmd, slurmstepd, GRES).
@@ -178,7 +186,7 @@ for _ in $(seq 80); do
   [ "$state" = COMPLETED ] && break
   sleep 0.25
 done
-[ "$state" = COMPLETED ] || fail "a trivial job ended as '$state': $(tail -3 "$LOG/slurmd.log")"
+[ "$state" = COMPLETED ] || fail "a trivial job ended as '$state': $(tail -3 "$LOG/slurmd.log" | tr '\n' ' ')"
 
 cat <<EOF
 SLURM_CONF=$SLURM_CONF
