@@ -1,6 +1,7 @@
-"""Shared fixtures: a tiny generated corpus and the data directory prepared from it.
+"""Shared fixtures: a tiny generated corpus, the data directory prepared from it, and one whole
+workflow run at smoke scale.
 
-Both are session-scoped (built once per test run): treat them as read-only.
+All are session-scoped (built once per test run): treat them as read-only.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def tiny_data_dir(tiny_corpus: Path, tiny_data_config: dict, tmp_path_factory: p
     out = tmp_path_factory.mktemp("data") / "data"
     prepare_data(str(tiny_corpus), out, tiny_data_config)
     return out
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole workflow at smoke scale (tests/smoke.yaml), all four variants, on 2 cores.
+
+    Run once per session: the workflow tests read it and add to it (a study, a report), and the
+    SLURM tests take it as the local reference. One thread a job (`--max-threads 1`), as the SLURM
+    test layer gives each job, so both runs compute the same floats.
+    """
+    from workflow_helpers import run_snakemake
+
+    work = tmp_path_factory.mktemp("smoke")
+    run_snakemake(work, "--cores", "2", "--max-threads", "1")
+    return work
 
 
 def pytest_configure(config):

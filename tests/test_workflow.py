@@ -132,14 +132,6 @@ def test_lint_and_format_are_clean():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """The whole workflow at smoke scale, all four variants, on 2 cores."""
-    work = tmp_path_factory.mktemp("smoke")
-    run_snakemake(work, "--cores", "2")
-    return work
-
-
 @pytest.mark.slow
 def test_smoke_run_produces_every_table_and_figure(smoke_run):
     """Both foundation tables and the GCG outputs exist, with one row or line per variant."""

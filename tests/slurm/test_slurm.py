@@ -79,19 +79,13 @@ def _checkpoint_step(workdir: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def local_smoke(tmp_path_factory) -> Path:
-    """The whole smoke workflow run locally: the reference tables and the fault tests' data."""
-    return _local(tmp_path_factory.mktemp("local_smoke"))
-
-
-@pytest.fixture(scope="module")
-def fault_reference(local_smoke, tmp_path_factory) -> Path:
+def fault_reference(smoke_run, tmp_path_factory) -> Path:
     """Model `base` and GCG shard 0 under faults.yaml, run locally without interruption."""
-    work = _copy_results(local_smoke, tmp_path_factory.mktemp("fault_reference"), "results/corpus", "results/data")
+    work = _copy_results(smoke_run, tmp_path_factory.mktemp("fault_reference"), "results/corpus", "results/data")
     return _local(work, MODEL, SHARD, configfiles=FAULT_CONFIGS)
 
 
-def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_cluster, local_smoke, tmp_path):
+def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_cluster, smoke_run, tmp_path):
     """Every Snakemake job is one sbatch job, GPU rules ask --gpus=1 and get gres:gpu:1, tables match a local run."""
     work = tmp_path / "slurm_smoke"
     proc = run_on_slurm(slurm_cluster, work)
@@ -125,12 +119,12 @@ def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_c
     print("sbatch, CPU job:", calls["rule_prepare_data"][0])
 
     tables = read_tables(work)
-    assert tables and tables == read_tables(local_smoke)
+    assert tables and tables == read_tables(smoke_run)
 
 
-def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, local_smoke, fault_reference, tmp_path):
+def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, smoke_run, fault_reference, tmp_path):
     """scancel mid-training, rerun: training resumes from the last checkpoint; same weights as without the cancel."""
-    work = _copy_results(local_smoke, tmp_path / "cancel", "results/corpus", "results/data")
+    work = _copy_results(smoke_run, tmp_path / "cancel", "results/corpus", "results/data")
     run = start_on_slurm(
         slurm_cluster, work, "--retries", "0", MODEL, configfiles=FAULT_CONFIGS, env={"ILM_TRAIN_STEP_SLEEP": "1"}
     )
@@ -158,9 +152,9 @@ def test_cancelled_training_resumes_from_its_checkpoint(slurm_cluster, local_smo
     _assert_same_weights(work / MODEL_DIR, fault_reference / MODEL_DIR)
 
 
-def test_training_past_its_time_limit_is_retried_longer_and_resumes(slurm_cluster, local_smoke, fault_reference, tmp_path):
+def test_training_past_its_time_limit_is_retried_longer_and_resumes(slurm_cluster, smoke_run, fault_reference, tmp_path):
     """A training job killed by its 1-minute limit is resubmitted with a longer one and resumes, not restarts."""
-    work = _copy_results(local_smoke, tmp_path / "timeout", "results/corpus", "results/data")
+    work = _copy_results(smoke_run, tmp_path / "timeout", "results/corpus", "results/data")
     # 24 steps of 4 s outlast SLURM's kill at 60-90 s; attempt 2 gets 5 minutes. Other resources of
     # `train_model` come from the rule (gpu=1): --set-resources on the command line replaces the profile's.
     proc = run_on_slurm(
