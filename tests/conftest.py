@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny generated corpus, the data directory prepared from it, and one whole
 workflow run at smoke scale.
 
-All are session-scoped (built once per test run): treat them as read-only.
+All are session-scoped (built once per test run). Treat them as read-only, except that tests may add
+to the smoke run (a study, a report) or rebuild one of its tables to the same bytes. The SLURM tests
+compare their tables against its `results/tables`, so those must stay as the run wrote them.
 """
 
 from __future__ import annotations
