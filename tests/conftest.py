@@ -49,14 +49,12 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The whole workflow at smoke scale (tests/smoke.yaml), all four variants, on 2 cores.
 
     Run once per session: the workflow tests read it and add to it (a study, a report), and the
-    SLURM tests take it as the local reference. One thread a job (`--max-threads 1`), as the SLURM
-    test layer gives each job, so both runs compute the same floats.
+    SLURM tests take it as the local reference, so it runs one thread a job, as the SLURM test layer
+    gives each job (`run_locally`): both compute the same floats.
     """
-    from workflow_helpers import run_snakemake
+    from workflow_helpers import run_locally
 
-    work = tmp_path_factory.mktemp("smoke")
-    run_snakemake(work, "--cores", "2", "--max-threads", "1")
-    return work
+    return run_locally(tmp_path_factory.mktemp("smoke"))
 
 
 def pytest_configure(config):

@@ -43,6 +43,12 @@ def run_snakemake(
     return proc
 
 
+def run_locally(workdir: Path, *targets: str, configfiles: Sequence[Path] = (SMOKE_CONFIG,)) -> Path:
+    """A local run on 2 cores with one thread a job, as the SLURM test layer gives each job (same floats)."""
+    run_snakemake(workdir, "--cores", "2", "--max-threads", "1", *targets, configfiles=configfiles)
+    return workdir
+
+
 def read_tables(workdir: Path) -> dict[str, str]:
     """Every table and the sweep files of a finished run, by relative path."""
     out = {}

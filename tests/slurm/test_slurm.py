@@ -23,7 +23,7 @@ from slurm_helpers import (
     start_on_slurm,
     wait_for,
 )
-from workflow_helpers import SMOKE_CONFIG, read_tables, run_snakemake
+from workflow_helpers import SMOKE_CONFIG, read_tables, run_locally, run_snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -32,12 +32,6 @@ MODEL_DIR = "results/models/base"
 MODEL = f"{MODEL_DIR}/model.safetensors"  # the target that makes Snakemake train `base`
 SHARD = "results/gcg/base/shard0.jsonl"
 TIMING_FIELDS = {"seconds"}
-
-
-def _local(workdir: Path, *targets: str, configfiles=(SMOKE_CONFIG,)) -> Path:
-    """A local run with one thread a job, as the SLURM test layer gives each job (same floats)."""
-    run_snakemake(workdir, "--cores", "2", "--max-threads", "1", *targets, configfiles=configfiles)
-    return workdir
 
 
 def _copy_results(src: Path, dst: Path, *paths: str) -> Path:
@@ -82,7 +76,7 @@ def _checkpoint_step(workdir: Path) -> int:
 def fault_reference(smoke_run, tmp_path_factory) -> Path:
     """Model `base` and GCG shard 0 under faults.yaml, run locally without interruption."""
     work = _copy_results(smoke_run, tmp_path_factory.mktemp("fault_reference"), "results/corpus", "results/data")
-    return _local(work, MODEL, SHARD, configfiles=FAULT_CONFIGS)
+    return run_locally(work, MODEL, SHARD, configfiles=FAULT_CONFIGS)
 
 
 def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_cluster, smoke_run, tmp_path):
