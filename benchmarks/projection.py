@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-from ilm.attack import sample_count
+from ilm.shards import sample_count
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -49,7 +49,7 @@ def project_gpu_hours(
     train_hours = {v: (train_tokens + val_tokens) / train_tokens_per_second[v] / SECONDS_PER_HOUR for v in variants}
 
     gcg = config["gcg"]
-    gcg_samples = sample_count(test_windows, gcg["fraction"], gcg["count"])
+    gcg_samples = sample_count(test_windows, gcg["fraction"], gcg["count"], "gcg")
     gcg_hours = gcg_samples * gcg["steps"] / gcg_sample_steps_per_second / SECONDS_PER_HOUR
 
     inv = config["invert"]

@@ -11,21 +11,23 @@ import pytest
 import ilm.attack
 import ilm.gcg
 from ilm import faults
-from ilm.attack import (
-    attack_shard,
-    exclusive_file,
-    meta_path,
-    partial_path,
-    read_sample_plan,
-    select_samples,
-    shard_samples,
-    write_sample_plan,
-)
+import ilm.shards
+from ilm.attack import attack_shard, read_sample_plan, write_sample_plan
+from ilm.shards import exclusive_file, meta_path, partial_path
 from ilm.cli import main
+from ilm.config import check_against_data
 from ilm.io import model_fingerprint
 from tiny import VOCAB, save_tiny_model, tiny_config
 
 N_TEST = 12
+
+
+def select_samples(n_test, fraction, count, seed):
+    return ilm.shards.select_samples(n_test, fraction, count, seed, "gcg")
+
+
+def shard_samples(samples, shard, n_shards):
+    return ilm.shards.shard_samples(samples, shard, n_shards, "gcg")
 RECORD_KEYS = set(ilm.attack.RECORD_KEYS)
 
 
@@ -123,12 +125,17 @@ def test_attack_shard_writes_one_record_per_sample(model_and_data, tmp_path):
     assert meta["model_sha256"] == fingerprint and meta["samples"] == expected.tolist()
 
 
-def test_empty_shard_and_bad_shard(model_and_data, tmp_path):
-    """A shard without samples writes an empty file; a shard index outside [0, shards) raises ValueError."""
+def test_more_shards_than_samples_and_bad_shard(model_and_data, tmp_path):
+    """More shards than samples is refused naming gcg.shards (no empty shard); so is a shard outside [0, shards)."""
     model_dir, data_dir = model_and_data
     out = tmp_path / "shard1.jsonl"
-    attack_shard(model_dir, data_dir, 1, out, config(count=1))
-    assert out.exists() and out.read_text() == ""
+    with pytest.raises(ValueError, match=r"gcg.shards \(2\) is more than the 1 sample\(s\) selected"):
+        attack_shard(model_dir, data_dir, 1, out, config(count=1))
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"gcg.count \(13\) is larger"):
+        check_against_data(tiny_config(gcg={"count": 13}), {"splits": {"test": {"windows": 12}}})
+    with pytest.raises(ValueError, match=r"invert.shards \(3\) is more than the 2 sample"):
+        check_against_data(tiny_config(invert={"count": 2, "shards": 3}), {"splits": {"test": {"windows": 12}}})
     with pytest.raises(ValueError, match="gcg.shards"):
         attack_shard(model_dir, data_dir, 2, tmp_path / "shard2.jsonl", config())
 
@@ -221,7 +228,7 @@ def test_second_writer_of_a_shard_fails_at_once(model_and_data, tmp_path, capsys
     args = ["gcg-attack", "--model", str(model_dir), "--data-dir", str(data_dir), "--shard", "0", "--out", str(out),
             "--config-json", json.dumps({"gcg": config(count=4, shards=1)["gcg"], "model": config()["model"],
                                          "data": config()["data"]})]
-    with exclusive_file(partial_path(out)):
+    with exclusive_file(partial_path(out), "gcg-attack"):
         assert main(args) == 2
         assert "is locked by another `ilm gcg-attack` process" in capsys.readouterr().err
         assert not out.exists() and not meta_path(out).exists()
@@ -237,16 +244,16 @@ def test_partial_is_reset_before_its_meta_is_rewritten(model_and_data, other_mod
     _killed_after_one_batch(other_model, data_dir, out, cfg, monkeypatch)
     assert len(read_records(partial_path(out))) == 2
 
-    real_write_json = ilm.attack.write_json
+    real_write_json = ilm.shards.write_json
 
     def killed_writing_meta(path, obj):
         assert read_records(partial_path(out)) == [], "the partial file must be reset before the meta is rewritten"
         raise SystemExit(faults.KILLED_EXIT_CODE)
 
-    monkeypatch.setattr(ilm.attack, "write_json", killed_writing_meta)
+    monkeypatch.setattr(ilm.shards, "write_json", killed_writing_meta)
     with pytest.raises(SystemExit):
         attack_shard(model_dir, data_dir, 0, out, cfg)
-    monkeypatch.setattr(ilm.attack, "write_json", real_write_json)
+    monkeypatch.setattr(ilm.shards, "write_json", real_write_json)
     attack_shard(model_dir, data_dir, 0, out, cfg)
     records = read_records(out)
     assert len(records) == 4 and {r["model_sha256"] for r in records} == {model_fingerprint(model_dir)}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ilm.attack import partial_path
+from ilm.shards import partial_path
 from ilm.cli import main
 from ilm.invert import (
     BIGRAM,
@@ -173,7 +173,8 @@ def test_shards_merge_into_per_sample_metrics(workdir, tmp_path):
     assert rec["suffix_ids"] == windows[rec["sample"], 6:12].tolist()
     csv = tmp_path / "inversion.csv"
     assert main(["invert-summary", "--method", "inv_first", "--shards", *map(str, outs), "--plan",
-                 str(workdir / "samples.json"), "--model", str(workdir / "inv_first"), "--out", str(csv),
+                 str(workdir / "samples.json"), "--model", str(workdir / "inv_first"), "--data-dir",
+                 str(workdir / "data"), "--out", str(csv),
                  "--config", str(workdir / "cfg.json")]) == 0
     frame = pd.read_csv(csv)
     assert sorted(frame["sample"]) == sorted(plan["samples"])
@@ -183,8 +184,8 @@ def test_shards_merge_into_per_sample_metrics(workdir, tmp_path):
     # a shard of another model is refused
     assert _invert(workdir, BIGRAM, 0, tmp_path / "b0.jsonl") == 0
     assert main(["invert-summary", "--method", "inv_first", "--shards", str(tmp_path / "b0.jsonl"), str(outs[1]),
-                 "--plan", str(workdir / "samples.json"), "--model", str(workdir / "inv_first"), "--out",
-                 str(csv), "--config", str(workdir / "cfg.json")]) == 2
+                 "--plan", str(workdir / "samples.json"), "--model", str(workdir / "inv_first"), "--data-dir",
+                 str(workdir / "data"), "--out", str(csv), "--config", str(workdir / "cfg.json")]) == 2
 
 
 def test_killed_shard_resumes_without_redoing_samples(workdir, tmp_path, monkeypatch):
@@ -209,5 +210,30 @@ def test_killed_shard_resumes_without_redoing_samples(workdir, tmp_path, monkeyp
     assert _invert(workdir, "inv_first", 0, out) == 0
     assert sum(seen) == len(plan["shards"][0]) - 1
     assert [json.loads(line)["sample"] for line in out.read_text().splitlines()][0] == first
-    untimed = lambda text: [{**json.loads(line), "seconds": 0} for line in text]  # noqa: E731
-    assert untimed(out.read_text().splitlines()) == untimed(lines)
+    assert out.read_text().splitlines() == lines  # bitwise: records carry no timing
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda r: r.update(prefix_ids=[r["prefix_ids"][0] + 1, *r["prefix_ids"][1:]]), "prefix_ids differ"),
+        (lambda r: r.update(suffix_ids=r["suffix_ids"][::-1]), "suffix_ids differ"),
+        (lambda r: r.update(method=BIGRAM), "method differ"),
+    ],
+    ids=["token_id", "suffix", "method"],
+)
+def test_summary_refuses_records_that_differ_from_their_source(workdir, tmp_path, capsys, tamper, message):
+    """A record whose ids differ from its test window, or whose method is not the shard's, is refused in one line."""
+    outs = [tmp_path / f"shard{k}.jsonl" for k in range(2)]
+    for k, out in enumerate(outs):
+        assert _invert(workdir, "inv_first", k, out) == 0
+    lines = outs[0].read_text().splitlines()
+    record = json.loads(lines[1])
+    tamper(record)
+    outs[0].write_text("\n".join([lines[0], json.dumps(record), *lines[2:]]) + "\n")
+    code = main(["invert-summary", "--method", "inv_first", "--shards", *map(str, outs), "--plan",
+                 str(workdir / "samples.json"), "--model", str(workdir / "inv_first"), "--data-dir",
+                 str(workdir / "data"), "--out", str(tmp_path / "inversion.csv"), "--config", str(workdir / "cfg.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "inversion.csv").exists()
+    assert f"{outs[0]} record 2 (sample {record['sample']})" in err and message in err

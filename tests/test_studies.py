@@ -19,7 +19,9 @@ def with_grids(**grids) -> dict:
     """The paper config with only these studies declared."""
     cfg = load_config(REPO / "config.yaml")
     cfg["studies"] = {"run": [], "grids": grids}
-    return validate_config(cfg)
+    cfg = validate_config(cfg)
+    check_studies(cfg)
+    return cfg
 
 
 def test_grid_is_the_product_of_its_settings_with_readable_point_names():
@@ -58,14 +60,14 @@ def test_a_bad_swept_value_names_the_study_point_and_key():
     cfg = load_config(REPO / "config.yaml")
     cfg["studies"] = {"grids": {"g": {"settings": {"objective.grad_scale_tokens": [1, 0]}}}}
     with pytest.raises(ValueError, match=r"(?s)study 'g', point 'grad_scale_tokens=0': .*objective\.grad_scale_tokens"):
-        validate_config(cfg)
+        check_studies(validate_config(cfg))
 
 
 def test_a_point_breaking_a_cross_key_rule_is_caught():
     cfg = load_config(REPO / "config.yaml")
     cfg["studies"] = {"grids": {"g": {"settings": {"train.micro_batch_size": [256, 300]}}}}
     with pytest.raises(ValueError, match=r"(?s)point 'micro_batch_size=300'.*micro_batch_size"):
-        validate_config(cfg)
+        check_studies(validate_config(cfg))
 
 
 @pytest.mark.parametrize("key", ["data.window", "objective.no_such_key", "corpus.stories"])
@@ -73,14 +75,14 @@ def test_only_known_model_objective_train_evaluate_gcg_keys_can_be_swept(key):
     cfg = load_config(REPO / "config.yaml")
     cfg["studies"] = {"grids": {"g": {"settings": {key: [1, 2]}}}}
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        validate_config(cfg)
+        check_studies(validate_config(cfg))
 
 
 def test_studies_run_must_name_declared_studies():
     cfg = load_config(REPO / "config.yaml")
     cfg["studies"] = {"run": ["nope"]}
     with pytest.raises(ValueError, match=r"studies.run names undeclared studies \['nope'\]"):
-        validate_config(cfg)
+        check_studies(validate_config(cfg))
 
 
 def test_the_paper_config_declares_valid_studies_and_runs_none():

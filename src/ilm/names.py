@@ -25,6 +25,8 @@ VARIANTS: tuple[str, ...] = (
 )
 # Inverse protocols: how an ILM variant hides and recovers input tokens (docs/method.md §1.5-§1.7).
 PROTOCOLS: tuple[str, ...] = ("identity", "bert_like", "inv_first")
+# The inversion method name of the reverse-bigram baseline (scored by the Baseline model).
+BIGRAM = "bigram"
 _GRADIENT_ONLY_SUFFIX = "_grad"
 
 # The files `ilm train` writes into a model directory; the directory is whole only with all of them.

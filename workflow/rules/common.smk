@@ -10,9 +10,10 @@ from ilm.judges import JUDGE_ROOT, judge_folder, needs_fetch
 from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
 from ilm.pilot.config import PILOT_VARIANTS
 from ilm.pilot.data import encoder_folder as pilot_encoder_dir
-from ilm.studies import manifest, manifest_files, point_config, study
+from ilm.studies import check_studies, manifest, manifest_files, point_config, study
 
 config.update(validate_config(config))
+check_studies(config)
 
 VARIANTS = config["variants"]
 RESULTS = "results"

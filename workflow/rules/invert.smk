@@ -71,6 +71,7 @@ rule summarise_inversion:
         ),
         plan=f"{RESULTS}/inversion/samples.json",
         model=invert_model_files,
+        test=f"{DATA}/test.npy",
     output:
         metrics=f"{RESULTS}/metrics/{{method}}/inversion.csv",
     log:
@@ -82,10 +83,12 @@ rule summarise_inversion:
         mem_mb=8000,
     params:
         model_dir=model_dir,
+        data_dir=DATA,
         config=config_file("summarise_inversion"),
     shell:
         "ilm --threads {threads} invert-summary --method {wildcards.method} --shards {input.shards}"
-        " --plan {input.plan} --model {params.model_dir} --out {output.metrics} --config {params.config} > {log} 2>&1"
+        " --plan {input.plan} --model {params.model_dir} --data-dir {params.data_dir} --out {output.metrics}"
+        " --config {params.config} > {log} 2>&1"
 
 
 rule tabulate_inversion:

@@ -13,10 +13,9 @@ from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
-from ilm.invert import BIGRAM
 from ilm.io import write_text
 from ilm.judges import judges_named
-from ilm.names import order_variants, variant_name
+from ilm.names import BIGRAM, order_variants, variant_name
 from ilm.tables.common import latex_escape, to_markdown, variant_of
 
 JUDGED = "inversion_judged.csv"

@@ -164,12 +164,12 @@ def build(paths: Sequence[Path], config: Mapping) -> pd.DataFrame:
     for label, key in TRAINED_FACTS:
         rows.append(("Training", label, _per_variant({v: run.get(key) for v, run in runs.items()})))
 
-    from ilm.attack import sample_count  # numpy only
+    from ilm.shards import sample_count  # numpy only
 
     gcg = config["gcg"]
     for label, key in GCG_SETTINGS:
         rows.append(("GCG", label, _value(gcg[key])))
-    samples = sample_count(int(stats["splits"]["test"]["windows"]), gcg["fraction"], gcg["count"])
+    samples = sample_count(int(stats["splits"]["test"]["windows"]), gcg["fraction"], gcg["count"], "gcg")
     rows.append(("GCG", "Attacked test windows", _value(samples)))
     return pd.DataFrame(rows, columns=["Section", "Setting", "Value"])
 

@@ -1,0 +1,30 @@
+"""What every `ilm` command shares: the config arguments, their loading per stage, and quiet HF loading.
+
+ilm.cli and each stage's own command module (ilm.pilot.cli) build on these; none of them imports
+another's command module back.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """--config FILE and --config-json TEXT, as every command that reads settings takes them."""
+    p.add_argument("--config", type=Path, default=None, help="YAML config file (defaults fill the rest)")
+    p.add_argument("--config-json", default=None, help="JSON config slice, merged over --config")
+
+
+def stage_config(args: argparse.Namespace, stage: str) -> dict:
+    """--config and --config-json merged and validated as `stage` (a rule name) reads them."""
+    from ilm.config import load_config, parse_config_json
+
+    return load_config(args.config, parse_config_json(args.config_json), stage=stage)
+
+
+def quiet_transformers() -> None:
+    """HF's per-file "Loading weights" bars clutter job logs; our own progress lines stay."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
