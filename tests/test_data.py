@@ -188,6 +188,27 @@ def test_no_story_in_two_splits(tiny_corpus: Path, tiny_data_dir: Path) -> None:
     assert stories_of["test"].isdisjoint(stories_of["validation"])
 
 
+def test_story_ids_name_the_story_of_every_window(tiny_corpus: Path, tiny_data_dir: Path) -> None:
+    """{split}_stories.npy holds, for every window, the index of the story it was cut from (recomputed here)."""
+    from ilm.data import load_story_ids
+
+    raw = Tokenizer.from_file(str(tiny_data_dir / "tokenizer.json"))
+    owner: dict[tuple[int, ...], set[int]] = {}
+    for i, story in enumerate(_corpus_stories(tiny_corpus)):
+        for w in _expected_windows([story], raw, 32, 24):
+            owner.setdefault(w, set()).add(i)
+    checked = 0
+    for split, arr in _all_windows(tiny_data_dir).items():
+        ids = load_story_ids(tiny_data_dir, split, len(arr))
+        assert ids.dtype == np.int64
+        for row, story in zip(arr.tolist(), ids.tolist()):
+            assert story in owner[tuple(row)]
+            checked += 1
+    assert checked == sum(len(a) for a in _all_windows(tiny_data_dir).values())
+    with pytest.raises(ValueError, match="story ids for 3 test windows"):
+        load_story_ids(tiny_data_dir, "test", 3)
+
+
 def test_stats_match_arrays(tiny_data_dir: Path) -> None:
     """stats.json counts equal the array shapes, and story counts add up."""
     stats = json.loads((tiny_data_dir / "stats.json").read_text())
@@ -391,7 +412,8 @@ def test_cli_prepare_data(tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = json.dumps({"data": {"vocab_size": 256, "window": 32, "stride": 24}})
     assert cli_main(["prepare-data", "--source", str(tiny_corpus), "--out-dir", str(out), "--config-json", cfg]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["stats.json", "test.npy", "tokenizer.json", "tokenizer_config.json", "train.npy", "validation.npy"]
+    assert written == ["stats.json", "test.npy", "test_stories.npy", "tokenizer.json", "tokenizer_config.json",
+                       "train.npy", "train_stories.npy", "validation.npy", "validation_stories.npy"]
     assert cli_main(["prepare-data", "--source", str(tmp_path / "none.txt"), "--out-dir", str(tmp_path / "x"),
                      "--config-json", cfg]) == 2
 

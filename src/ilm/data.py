@@ -42,6 +42,12 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)  # what AutoTokenizer.from_pretrained reads
 STATS_FILE = "stats.json"
+
+
+def stories_file(split: str) -> str:
+    """The file holding the story id of every window of `split`: windows of one story overlap, so
+    the bootstrap resamples stories, not windows (ilm.stats)."""
+    return f"{split}_stories.npy"
 # Rows of an HF dataset, or bytes of a text file, inspected by story_separator "auto".
 AUTO_DETECT_ROWS = 1000
 AUTO_DETECT_BYTES = 1 << 20
@@ -476,7 +482,7 @@ def prepare_data(source: str, out_dir: Path, data_cfg: dict, num_workers: Option
         settle(staging)
         out_dir.mkdir(exist_ok=True)
         # stats.json moves last: its presence marks a complete data directory.
-        for name in [*TOKENIZER_FILES] + [f"{s}.npy" for s in SPLITS] + [STATS_FILE]:
+        for name in [*TOKENIZER_FILES, *(f"{s}.npy" for s in SPLITS), *map(stories_file, SPLITS), STATS_FILE]:
             os.replace(staging / name, out_dir / name)
     finally:
         remove_path(staging)
@@ -553,6 +559,7 @@ def _prepare_into(corpus: StorySource, staging: Path, data_cfg: dict) -> dict:
     for name in SPLITS:
         source = sinks[name if by_story else "all"].windows()
         _write_rows(staging / f"{name}.npy", source, rows[name])
+        np.save(staging / stories_file(name), split_story_ids[name].astype(np.int64))
         del source
     for sink in sinks.values():
         sink.path.unlink()
@@ -586,6 +593,18 @@ def _prepare_into(corpus: StorySource, staging: Path, data_cfg: dict) -> dict:
         "windows_shuffled_within_split": True,
         "data_config": dict(data_cfg),
     }
+
+
+def load_story_ids(data_dir: Path, split: str, n_windows: int) -> np.ndarray:
+    """The story id of every window of `split` (n_windows,), int64; a missing or mismatched file is a clear error."""
+    path = Path(data_dir) / stories_file(split)
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path} is not a readable story-id array ({e}); {_REPREPARE}") from None
+    if ids.shape != (n_windows,):
+        raise ValueError(f"{path} holds {ids.shape} story ids for {n_windows} {split} windows; {_REPREPARE}")
+    return ids
 
 
 def load_split(data_dir: Path, split: str) -> np.ndarray:

@@ -39,6 +39,7 @@ rule prepare_data:
         tokenizer=f"{DATA}/tokenizer.json",
         tokenizer_config=f"{DATA}/tokenizer_config.json",
         splits=expand(f"{DATA}/{{split}}.npy", split=SPLITS),
+        stories=expand(f"{DATA}/{{split}}_stories.npy", split=SPLITS),
         stats=f"{DATA}/stats.json",
     log:
         "logs/prepare_data.log",
