@@ -178,6 +178,33 @@ def test_max_sequences_limits_the_evaluated_windows(tmp_path, model_and_data):
     assert forward["meta"]["sequences"] == 3
 
 
+def test_per_window_values_add_up_to_the_json_and_a_direct_forward(tmp_path, model_and_data):
+    """eval_windows.csv: per-window forward CE sums equal a direct HF forward; per protocol, the window sums of
+    rows, CE and top-1 hits with and without g add up to inverse.json's aggregates."""
+    import pandas as pd
+
+    model_dir, data_dir = model_and_data
+    out = tmp_path / "w"
+    evaluate(model_dir, data_dir, "identity", out / "f.json", out / "i.json", eval_config(), windows_out=out / "w.csv")
+    forward, inverse = json.loads((out / "f.json").read_text()), json.loads((out / "i.json").read_text())
+    table = pd.read_csv(out / "w.csv")
+    assert list(table["window"]) == list(range(N_TEST)) and "per_window" not in forward
+    model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager").eval()
+    ids = torch.from_numpy(np.load(data_dir / "test.npy").astype(np.int64))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits.double(), dim=-1)[:, :-1]
+    direct = -logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).sum(1)  # (N,)
+    assert table["forward_ce_sum"].to_numpy() == pytest.approx(direct.numpy(), rel=1e-5)
+    assert (table["forward_rows"] == WINDOW - 1).all()
+    for protocol in PROTOCOLS:
+        rows = table[f"{protocol}_rows"].sum()
+        assert rows == inverse[protocol]["rows"]
+        assert table[f"{protocol}_ce_sum"].sum() / rows == pytest.approx(inverse[protocol]["ce"], rel=1e-9)
+        assert table[f"{protocol}_top1"].sum() / rows == pytest.approx(inverse[protocol]["top1"], abs=1e-12)
+        assert table[f"{protocol}_top1_without_g"].sum() / rows == pytest.approx(
+            inverse[protocol]["without_g"]["top1"], abs=1e-12)
+
+
 def test_unknown_variant_is_a_value_error(tmp_path, model_and_data):
     """A variant name outside the known list raises ValueError and writes nothing."""
     with pytest.raises(ValueError, match="unknown variant"):

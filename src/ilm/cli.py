@@ -71,6 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         forward_out=args.forward_out,
         inverse_out=args.inverse_out,
         config=cfg,
+        windows_out=args.windows_out,
     )
 
 
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--forward-out", type=Path, required=True)
     p.add_argument("--inverse-out", type=Path, required=True)
+    p.add_argument("--windows-out", type=Path, default=None, help="per-window values (CSV) for paired statistics")
     add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 

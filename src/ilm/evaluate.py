@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ilm.config import ConfigSection
 from ilm.data import load_split
-from ilm.io import file_sha256, model_fingerprint, provenance, write_json
+from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
 from ilm.model import load_model, numerics, resolve_device
 from ilm.names import PROTOCOLS, parse_variant
 from ilm.objectives import (
@@ -100,7 +100,9 @@ def forward_metrics(
     out = {"ce": ce, "perplexity": float(np.exp(ce))}
     out.update({f"top{k}": int(correct[k]) / tokens for k in ks})
     out["tokens"] = tokens
-    return _with_interval(out, window_sums, window_rows, stats)
+    out = _with_interval(out, window_sums, window_rows, stats)
+    out["per_window"] = {"ce_sum": torch.cat(window_sums).cpu().tolist(), "rows": torch.cat(window_rows).cpu().tolist()}
+    return out
 
 
 @torch.no_grad()
@@ -134,6 +136,7 @@ def inverse_metrics(
     top1_at = torch.zeros(seq_len, dtype=torch.long, device=device)
     rows = 0
     window_sums, window_rows = [], []
+    window_top1 = {True: [], False: []}  # per window: top-1 hits with and without g
     for ids in _batches(windows, batch_size, device, f"inverse {protocol}"):  # (B, T)
         inv = inverse_rows(model, ids, protocol, objective_cfg, generator=generator)  # M rows, window-major
         for with_g in (True, False):
@@ -144,6 +147,7 @@ def inverse_metrics(
                 window_sums.append(ce.view(ids.shape[0], -1).sum(1))  # every window has the same row count
                 window_rows.append(torch.full((ids.shape[0],), ce.numel() // ids.shape[0], device=device))
             hits = topk_hits(logits, inv.targets, sorted(set(ks) | {1}))  # k -> (M,) bool
+            window_top1[with_g].append(hits[1].view(ids.shape[0], -1).sum(1))  # (B,)
             for k in ks:
                 correct[with_g][k] += hits[k].sum()
             if with_g:
@@ -161,6 +165,12 @@ def inverse_metrics(
         **_with_interval(summary(True), window_sums, window_rows, stats),
         "rows": rows,
         "without_g": summary(False),
+        "per_window": {
+            "ce_sum": torch.cat(window_sums).cpu().tolist(),
+            "rows": torch.cat(window_rows).cpu().tolist(),
+            "top1": torch.cat(window_top1[True]).cpu().tolist(),
+            "top1_without_g": torch.cat(window_top1[False]).cpu().tolist(),
+        },
         "by_position": {
             "rows": rows_at,
             "top1": [hits / n if n else None for hits, n in zip(top1_at, rows_at)],
@@ -190,6 +200,19 @@ def _check_test_windows(data_dir: Path, windows: np.ndarray, model: torch.nn.Mod
         )
 
 
+def window_table(forward: dict, inverse: dict) -> "pd.DataFrame":  # noqa: F821
+    """One row per test window: forward CE sum and rows, and per protocol the inverse CE sum, rows and
+    top-1 hits with and without g. Paired statistics between models are computed from it downstream."""
+    import pandas as pd
+
+    columns = {"window": range(len(forward["per_window"]["rows"])),
+               "forward_ce_sum": forward["per_window"]["ce_sum"], "forward_rows": forward["per_window"]["rows"]}
+    for protocol, result in inverse.items():
+        for key, values in result["per_window"].items():
+            columns[f"{protocol}_{key}"] = values
+    return pd.DataFrame(columns)
+
+
 def evaluate(
     model_dir: Path,
     data_dir: Path,
@@ -197,8 +220,9 @@ def evaluate(
     forward_out: Path,
     inverse_out: Path,
     config: dict,
+    windows_out: Optional[Path] = None,
 ) -> None:
-    """Write forward.json and inverse.json for the model in model_dir on the test split."""
+    """Write forward.json and inverse.json (and the per-window values, windows_out) for the model on the test split."""
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     cfg = EvaluateConfig.from_dict(config["evaluate"])
     stats = StatisticsConfig.from_dict(config["statistics"])
@@ -230,6 +254,11 @@ def evaluate(
         sequences=int(windows.shape[0]),
         numerics=numerics(device),
     )
+    if windows_out is not None:
+        write_text(windows_out, window_table(forward, inverse).to_csv(index=False))
+    forward.pop("per_window")
+    for result in inverse.values():
+        result.pop("per_window")
     write_json(forward_out, {**forward, "meta": meta})
     write_json(inverse_out, {**inverse, "meta": meta})
     first = f"top{ks[0]}"

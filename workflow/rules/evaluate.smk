@@ -6,6 +6,7 @@ rule evaluate_model:
     output:
         forward=f"{RESULTS}/metrics/{{variant}}/forward.json",
         inverse=f"{RESULTS}/metrics/{{variant}}/inverse.json",
+        windows=f"{RESULTS}/metrics/{{variant}}/eval_windows.csv",
     log:
         "logs/evaluate/{variant}.log",
     conda:
@@ -21,5 +22,5 @@ rule evaluate_model:
         config=config_file("evaluate_model"),
     shell:
         "ilm --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
-        " --forward-out {output.forward} --inverse-out {output.inverse}"
+        " --forward-out {output.forward} --inverse-out {output.inverse} --windows-out {output.windows}"
         " --config {params.config} > {log} 2>&1"

@@ -26,6 +26,7 @@ use rule evaluate_model as study_evaluate_model with:
     output:
         forward=f"{STUDY_RUN}/metrics/{{variant}}/forward.json",
         inverse=f"{STUDY_RUN}/metrics/{{variant}}/inverse.json",
+        windows=f"{STUDY_RUN}/metrics/{{variant}}/eval_windows.csv",
     log:
         f"{STUDY_LOGS}/evaluate/{{variant}}.log",
     params:
