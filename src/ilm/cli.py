@@ -114,6 +114,16 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_transfer(args: argparse.Namespace) -> None:
+    quiet_transformers()
+    from ilm.transfer import transfer_matrix
+
+    if not len(args.variants) == len(args.models) == len(args.attacks):
+        raise ValueError("--variants, --models and --attacks must name the same number of variants, in one order")
+    transfer_matrix(dict(zip(args.variants, args.models)), dict(zip(args.variants, args.attacks)), args.out,
+                    stage_config(args, "transfer_gcg"))
+
+
 # --- grounding (inversion) --------------------------------------------------------------------
 
 
@@ -275,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-out", type=Path, required=True)
     add_config_args(p)
     p.set_defaults(func=cmd_gcg_summary)
+
+    p = sub.add_parser("gcg-transfer", help="score every model on every model's GCG attacks (transfer matrix)")
+    p.add_argument("--variants", nargs="+", required=True, help="variant names, in the order of --models")
+    p.add_argument("--models", type=Path, nargs="+", required=True, help="model directories")
+    p.add_argument("--attacks", type=Path, nargs="+", required=True, help="each variant's gcg.csv")
+    p.add_argument("--out", type=Path, required=True, help="transfer.csv")
+    add_config_args(p)
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("bigram-counts", help="count (next, previous) token pairs of the train split (bigram.npy)")
     p.add_argument("--data-dir", type=Path, required=True)

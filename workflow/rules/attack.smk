@@ -53,6 +53,7 @@ rule summarise_gcg:
     output:
         per_sample=f"{RESULTS}/metrics/{{variant}}/gcg.csv",
         sweep=f"{RESULTS}/metrics/{{variant}}/gcg_sweep.csv",
+        curves=f"{RESULTS}/metrics/{{variant}}/gcg_curves.npz",
     log:
         "logs/gcg/{variant}/summary.log",
     conda:
@@ -63,4 +64,62 @@ rule summarise_gcg:
     shell:
         "ilm gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
         " --variant {wildcards.variant} --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
+        " --curves-out {output.curves}"
         " --config {params.config} > {log} 2>&1"
+
+
+# The gradient-free control (docs/method.md §4.2): the same search, width, steps and windows with candidates
+# drawn uniformly at random. A delay that only the gradient-guided attack shows is gradient masking.
+use rule attack_gcg_shard as attack_uniform_shard with:
+    output:
+        shard=f"{RESULTS}/gcg_uniform/{{variant}}/shard{{shard}}.jsonl",
+    log:
+        "logs/gcg_uniform/{variant}/shard{shard}.log",
+    params:
+        model_dir=model_dir,
+        data_dir=input_dir("test"),
+        config=config_file("attack_gcg_shard", {"gcg": {"candidates": "uniform"}}),
+
+
+use rule summarise_gcg as summarise_uniform with:
+    input:
+        shards=expand(
+            f"{RESULTS}/gcg_uniform/{{{{variant}}}}/shard{{shard}}.jsonl",
+            shard=GCG_SHARDS,
+        ),
+        plan=f"{RESULTS}/gcg/samples.json",
+        model=model_files(),
+    output:
+        per_sample=f"{RESULTS}/metrics/{{variant}}/gcg_uniform.csv",
+        sweep=f"{RESULTS}/metrics/{{variant}}/gcg_uniform_sweep.csv",
+        curves=f"{RESULTS}/metrics/{{variant}}/gcg_uniform_curves.npz",
+    log:
+        "logs/gcg_uniform/{variant}/summary.log",
+    params:
+        model_dir=model_dir,
+        config=config_file("summarise_gcg", {"gcg": {"candidates": "uniform"}}),
+
+
+rule transfer_gcg:
+    # Every variant scored on the GCG attacks found against every variant, on the same windows: the transfer matrix.
+    input:
+        models=[path for v in VARIANTS for path in model_files(variant=v)],
+        attacks=metric_files("gcg.csv"),
+    output:
+        table=f"{RESULTS}/metrics/transfer.csv",
+    log:
+        "logs/gcg/transfer.log",
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        variants=VARIANTS,
+        model_dirs=[f"{RESULTS}/models/{v}" for v in VARIANTS],
+        config=config_file("transfer_gcg"),
+    shell:
+        "ilm --threads {threads} gcg-transfer --variants {params.variants} --models {params.model_dirs}"
+        " --attacks {input.attacks} --out {output.table} --config {params.config} > {log} 2>&1"

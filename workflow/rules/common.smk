@@ -2,7 +2,7 @@
 import json
 import os
 
-from ilm.config import check_data_stats, validate_config, write_stage_config
+from ilm.config import check_data_stats, deep_merge, validate_config, write_stage_config
 from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
 from ilm.io import write_named_by_content
@@ -55,13 +55,15 @@ wildcard_constraints:
     pilot_variant="|".join(PILOT_VARIANTS),
 
 
-def config_file(stage):
+def config_file(stage, overrides=None):
     """The file holding the config slice `stage` (named after its rule) reads; its name is the slice's hash.
 
     Passed as a param, so a change to the slice reruns that step and what follows, and only then.
-    ilm.config.STAGES says which keys each rule reads.
+    ilm.config.STAGES says which keys each rule reads. `overrides` (nested sections) are merged
+    over the config first: the gradient-free GCG control is the same attack with gcg.candidates: uniform.
     """
-    return str(write_stage_config(config, stage, ".snakemake/ilm/config"))
+    cfg = deep_merge(config, overrides) if overrides else config
+    return str(write_stage_config(cfg, stage, ".snakemake/ilm/config"))
 
 
 def corpus_source():

@@ -54,6 +54,7 @@ use rule summarise_gcg as study_summarise_gcg with:
     output:
         per_sample=f"{STUDY_RUN}/metrics/{{variant}}/gcg.csv",
         sweep=f"{STUDY_RUN}/metrics/{{variant}}/gcg_sweep.csv",
+        curves=f"{STUDY_RUN}/metrics/{{variant}}/gcg_curves.npz",
     log:
         f"{STUDY_LOGS}/gcg/{{variant}}/summary.log",
     params:
