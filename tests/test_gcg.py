@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
+import scipy.stats
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -13,11 +15,15 @@ import ilm.gcg
 from ilm.config import load_config
 from ilm.gcg import (
     GCGConfig,
+    allowed_token_ids,
     candidate_losses,
+    initial_prefix,
     prefix_gradient,
+    prefix_loss_and_gradient,
     run,
     sample_candidates,
     sample_keys,
+    uniform_candidates,
     use_sdpa_attention,
     top_k_substitutions,
 )
@@ -54,6 +60,15 @@ def reference_loss(model, prefix: torch.Tensor, target: torch.Tensor) -> torch.T
     return F.cross_entropy(pred.transpose(1, 2), target, reduction="none").mean(1)
 
 
+def same_result(a, b) -> bool:
+    """Whether two GCGResults are equal field for field (nan equal to nan), wall-clock aside."""
+    x, y = dataclasses.asdict(dataclasses.replace(a, seconds=0)), dataclasses.asdict(dataclasses.replace(b, seconds=0))
+    nan = [k for k, v in x.items() if isinstance(v, float) and math.isnan(v)]
+    return nan == [k for k, v in y.items() if isinstance(v, float) and math.isnan(v)] and all(
+        x[k] == y[k] for k in x if k not in nan
+    )
+
+
 def test_config_from_paper_yaml():
     """GCGConfig takes the paper's values from config.yaml's gcg section and ignores the other keys."""
     cfg = GCGConfig.from_dict(load_config()["gcg"])
@@ -65,8 +80,11 @@ def test_config_from_paper_yaml():
         256,
         444,
     )
+    assert cfg.candidates == "gradient"
     with pytest.raises(ValueError, match="gcg.precision"):
         GCGConfig.from_dict({"precision": "fp8"})
+    with pytest.raises(ValueError, match="gcg.candidates"):
+        GCGConfig.from_dict({"candidates": "random"})
 
 
 def test_trajectory_never_increases_and_ends_at_attack_loss():
@@ -148,6 +166,118 @@ def test_sample_streams_depend_on_both_seeds_and_the_step():
     assert batch.ids[1].flatten().tolist() == draws(444, 1, 0)
 
 
+def test_uniform_candidates_substitute_one_allowed_token_uniformly():
+    """Uniform candidates change at most one position, to an allowed token; positions and tokens cover their ranges."""
+    S, W = 2, 3000
+    current = random_ids((S, P), 35)
+    allowed = allowed_token_ids(V, allow_special_tokens=False)
+    cands = uniform_candidates(current, allowed, W, sample_keys(444, [4, 11]), step=2)
+    assert cands.ids.shape == (S, W, P)
+    changed = cands.ids != current[:, None, :]  # (S, W, P)
+    assert torch.all(changed.sum(-1) <= 1)  # a drawn token may equal the current one: a no-op
+    assert torch.all(changed.float().argmax(-1)[changed.any(-1)] == cands.positions[changed.any(-1)])
+    assert torch.equal(cands.ids.gather(2, cands.positions[..., None]).squeeze(-1), cands.tokens)
+    assert torch.all(cands.tokens >= len(SPECIAL_TOKENS)) and torch.all(cands.tokens < V)
+    for s in range(S):  # 3000 draws: each position ~500 times, each of the 58 tokens ~50 times
+        assert set(cands.positions[s].tolist()) == set(range(P))
+        assert set(cands.tokens[s].tolist()) == set(allowed.tolist())
+    # A sample's draws are the same alone, and never the gradient mode's draws for the same key and step.
+    alone = uniform_candidates(current[1:], allowed, W, sample_keys(444, [11]), step=2)
+    assert torch.equal(alone.ids[0], cands.ids[1])
+    top = allowed[None, None, :].expand(S, P, len(allowed))  # top-k = every allowed token: the same ranges
+    gradient = sample_candidates(current, top, W, sample_keys(444, [4, 11]), step=2)
+    assert (gradient.positions != cands.positions).float().mean() > 0.5
+
+
+def test_gradient_mode_draws_and_results_are_unchanged():
+    """Gradient-mode candidates and attacks equal those computed before gcg.candidates existed (pinned values)."""
+    current, top = random_ids((2, P), 43), random_ids((2, P, 8), 44)
+    cands = sample_candidates(current, top, 10, sample_keys(444, [3, 8]), 2)
+    assert cands.positions.tolist() == [[1, 1, 0, 0, 5, 1, 0, 4, 3, 5], [5, 2, 2, 0, 1, 4, 1, 4, 2, 4]]
+    assert cands.tokens.tolist() == [
+        [56, 23, 59, 3, 58, 55, 59, 21, 57, 8],
+        [40, 56, 34, 51, 1, 59, 11, 43, 34, 17],
+    ]
+    model = tiny_model(seed=40).double()
+    results = run(model, random_ids((2, P), 41), random_ids((2, L), 42), config(steps=5), [3, 8])
+    # float64 on this machine: bit for bit; 1e-12 leaves room for another CPU's BLAS.
+    expected = [
+        ([41, 21, 41, 41, 41, 38], 4, [4.075594863676017, 4.070696512676422, 4.06639849629024, 4.063022123352292,
+                                       4.0616537114828155], 4.106525188409224, 0.001087679144162582),
+        ([57, 22, 13, 23, 27, 39], 4, [4.144889448148561, 4.1408777652619335, 4.137856017328946, 4.135950430741111,
+                                       4.134704366789951], 4.199571759970461, 0.0015773198524949316),
+    ]
+    for r, (ids, best, traj, orig, kl) in zip(results, expected):
+        assert r.attack_ids == ids and r.best_step == best
+        assert r.trajectory == pytest.approx(traj, rel=1e-12, abs=0)
+        assert (r.orig_loss, r.kl) == pytest.approx((orig, kl), rel=1e-12, abs=0)
+
+
+def test_uniform_mode_never_takes_the_gradient(monkeypatch):
+    """gcg.candidates: uniform runs without any gradient or top-k, ignores top_k, and reports rank_correlation nan."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the gradient was taken under gcg.candidates: uniform")
+
+    for name in ("prefix_gradient", "prefix_loss_and_gradient", "top_k_substitutions", "sample_candidates"):
+        monkeypatch.setattr(ilm.gcg, name, refuse)
+    model = tiny_model(seed=36)
+    prefix, target = random_ids((2, P), 37), random_ids((2, L), 38)
+    cfg = config(steps=4, candidates="uniform", top_k=V, allow_special_tokens=False)  # top_k > allowed: unused
+    for r in run(model, prefix, target, cfg, [0, 1]):
+        assert math.isnan(r.rank_correlation)
+        assert r.trajectory[-1] == r.attack_loss and all(b <= a for a, b in zip(r.trajectory, r.trajectory[1:]))
+        assert min(r.attack_ids) >= len(SPECIAL_TOKENS)
+
+
+@pytest.mark.parametrize("candidates", ["gradient", "uniform"])
+def test_init_loss_is_the_ce_of_the_initial_prefix(candidates):
+    """init_loss equals the plain-forward target CE of initial_prefix under the same keys (to 1e-5)."""
+    model = tiny_model(seed=39)
+    prefix, target = random_ids((3, P), 40), random_ids((3, L), 41)
+    results = run(model, prefix, target, config(steps=2, seed=7, candidates=candidates), [2, 5, 6])
+    init = initial_prefix(sample_keys(7, [2, 5, 6]), P, allowed_token_ids(V, True))  # (S, P)
+    with torch.no_grad():
+        expected = reference_loss(model, init, target)
+    for r, e in zip(results, expected):
+        assert r.init_loss == pytest.approx(float(e), abs=1e-5)
+        assert r.init_loss != pytest.approx(r.orig_loss, abs=1e-3)  # the random start, not the original prefix
+
+
+def test_rank_correlation_matches_scipy_on_one_step():
+    """One step's rank_correlation = scipy's Spearman of plain-forward loss changes vs autograd predictions."""
+    model = tiny_model(seed=42).double()
+    S, W, K = 3, 40, 16
+    prefix, target = random_ids((S, P), 43), random_ids((S, L), 44)
+    cfg = config(steps=1, search_width=W, top_k=K, seed=9)
+    results = run(model, prefix, target, cfg, [1, 4, 8])
+    keys = sample_keys(9, [1, 4, 8])
+    init = initial_prefix(keys, P, allowed_token_ids(V, True))  # (S, P)
+    weight = model.get_input_embeddings().weight  # (V, H)
+    for s, r in enumerate(results):
+        one_hot = F.one_hot(init[s], V).double().requires_grad_(True)  # (P, V)
+        embeds = torch.cat([one_hot @ weight, weight[target[s]]])[None]  # (1, P+L, H)
+        logits = model(inputs_embeds=embeds).logits[0, P - 1 : -1]  # (L, V)
+        loss = F.cross_entropy(logits, target[s])
+        (grad,) = torch.autograd.grad(loss, one_hot)  # (P, V) unnormalised
+        cands = sample_candidates(init[s : s + 1], top_k_substitutions(grad[None], K), W, keys[s : s + 1], 0)
+        pos, tok = cands.positions[0], cands.tokens[0]  # (W,)
+        with torch.no_grad():
+            actual = reference_loss(model, cands.ids[0], target[s].expand(W, L)) - loss
+        predicted = grad[pos, tok] - grad[pos, init[s, pos]]
+        rho = scipy.stats.spearmanr(actual.detach().numpy(), predicted.detach().numpy()).statistic
+        assert r.rank_correlation == pytest.approx(rho, abs=1e-9)
+
+
+def test_rank_correlation_is_positive_without_top_k_restriction():
+    """From random starts on a tiny model the gradient ranks unrestricted candidates (top_k = V) well: mean > 0.3."""
+    model = tiny_model(seed=45)
+    prefix, target = random_ids((8, P), 46), random_ids((8, L), 47)
+    results = run(model, prefix, target, config(steps=2, search_width=64, top_k=V), range(8))
+    rhos = [r.rank_correlation for r in results]
+    assert all(-1 <= x <= 1 for x in rhos) and sum(rhos) / len(rhos) > 0.3
+
+
 def test_top_k_takes_most_negative_and_skips_banned():
     """Top-k takes the most negative normalised gradient, skips banned ids and treats NaN as 0."""
     grad = torch.zeros(1, 2, 8)
@@ -200,17 +330,23 @@ def test_sdpa_attention_gives_the_eager_losses():
     torch.testing.assert_close(fast, eager, rtol=0, atol=1e-5)
 
 
-def test_batch_independence_float64():
-    """A sample's attack is the same alone or among others and for any chunk size (float64, to 1e-9)."""
+@pytest.mark.parametrize("candidates", ["gradient", "uniform"])
+def test_batch_independence_float64(candidates):
+    """A sample's attack is the same alone or among others and for any chunk size, in both modes (float64, to 1e-9)."""
     model = tiny_model(seed=11).double()
     prefix, target = random_ids((3, P), 12), random_ids((3, L), 13)
-    together = run(model, prefix, target, config(steps=8, max_candidates_per_forward=1000), sample_seeds=[5, 9, 14])
-    alone = run(model, prefix[1:2], target[1:2], config(steps=8, max_candidates_per_forward=7), sample_seeds=[9])[0]
+    cfg = config(steps=8, candidates=candidates)
+    together = run(model, prefix, target, cfg, sample_seeds=[5, 9, 14])
+    alone = run(model, prefix[1:2], target[1:2], dataclasses.replace(cfg, max_candidates_per_forward=7), [9])[0]
     mate = together[1]
     assert mate.attack_ids == alone.attack_ids and mate.best_step == alone.best_step
     assert max(abs(a - b) for a, b in zip(mate.trajectory, alone.trajectory)) < 1e-9
-    for key in ("orig_loss", "attack_loss", "kl"):
+    for key in ("orig_loss", "attack_loss", "kl", "init_loss"):
         assert abs(getattr(mate, key) - getattr(alone, key)) < 1e-9
+    if candidates == "gradient":
+        assert abs(mate.rank_correlation - alone.rank_correlation) < 1e-9
+    else:
+        assert math.isnan(mate.rank_correlation) and math.isnan(alone.rank_correlation)
     # Different samples draw from different streams.
     assert together[0].attack_ids != together[2].attack_ids
 
@@ -299,13 +435,14 @@ def test_sync_guard_catches_host_reads(sync):
     sync(t)  # and the guard is gone afterwards
 
 
+@pytest.mark.parametrize("candidates", ["gradient", "uniform"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_a_step_never_synchronises_with_the_host(monkeypatch, attention):
+def test_a_step_never_synchronises_with_the_host(monkeypatch, attention, candidates):
     """Every GCG step runs under forbid_host_sync (init, banned ids, chunked candidates) and gives the same result."""
     model = tiny_model(seed=24)
     model.set_attn_implementation(attention)
     prefix, target = random_ids((3, P), 25), random_ids((3, L), 26)
-    cfg = config(steps=4, max_candidates_per_forward=10, allow_special_tokens=False)
+    cfg = config(steps=4, max_candidates_per_forward=10, allow_special_tokens=False, candidates=candidates)
     free = run(model, prefix, target, cfg, [3, 4, 5])
     real_step, steps = ilm.gcg.search_step, []
 
@@ -318,7 +455,7 @@ def test_a_step_never_synchronises_with_the_host(monkeypatch, attention):
     guarded = run(model, prefix, target, cfg, [3, 4, 5])
     assert steps == [0, 1, 2, 3]
     for a, b in zip(guarded, free):
-        assert dataclasses.replace(a, seconds=0) == dataclasses.replace(b, seconds=0)
+        assert same_result(a, b)
 
 
 def test_compile_auto_never_compiles_on_cpu(monkeypatch):
@@ -378,7 +515,8 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_step_has_no_per_sample_loop(monkeypatch):
+@pytest.mark.parametrize("candidates", ["gradient", "uniform"])
+def test_a_step_has_no_per_sample_loop(monkeypatch, candidates):
     """A step dispatches the same ops for 1 sample as for 5 (up to layout copies): nothing loops over the samples."""
     model = use_sdpa_attention(tiny_model(seed=27))
     counted: dict[int, list[str]] = {}
@@ -391,5 +529,6 @@ def test_a_step_has_no_per_sample_loop(monkeypatch):
 
     monkeypatch.setattr(ilm.gcg, "search_step", counting_step)
     for S in (1, 5):
-        run(model, random_ids((S, P), 28), random_ids((S, L), 29), config(steps=1, allow_special_tokens=False), range(S))
+        cfg = config(steps=1, allow_special_tokens=False, candidates=candidates)
+        run(model, random_ids((S, P), 28), random_ids((S, L), 29), cfg, range(S))
     assert len(counted[1]) > 50 and counted[1] == counted[5]

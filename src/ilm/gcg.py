@@ -11,6 +11,13 @@ The attack searches a `prefix_length`-token prefix x* that makes the model predi
 4. all candidates scored in no-grad forwards; the argmin becomes the current prefix even
    when it is worse (plain GCG); the best-so-far prefix is tracked.
 
+`gcg.candidates: uniform` replaces steps 1-3 by uniformly random substitutions (a uniform position,
+a uniform allowed token) and computes no gradient: the same search, width, steps and candidate
+forwards without the gradient's guidance, a random-search baseline that tells gradient masking
+from real robustness (Athalye et al. 2018). Two diagnostics come with every result: `init_loss`,
+the loss of the random start, and `rank_correlation`, how well the gradient ranks the candidates
+it proposed (Spearman between actual and first-order predicted loss changes; gradient mode only).
+
 Several samples are attacked together. Each sample's random numbers come from a counter-based
 generator (Philox4x32-10) keyed by (gcg.seed, sample seed) and counted by (draw, step), computed
 on the model's device, and every sequence is scored on its own row, so a sample's result depends
@@ -48,8 +55,9 @@ GRAD_NORM_FLOOR = 1e-8
 # The generator behind the init and the candidates; shard files record it, so a partial shard drawn
 # from another generator (the per-sample torch.Generator streams before it) is never resumed.
 SAMPLER = "philox4x32-10"
-# Counter word 2 of a draw: which of a sample's draws it is.
-INIT_STREAM, CANDIDATE_STREAM = 0, 1
+# Counter word 2 of a draw: which of a sample's draws it is. The uniform candidates have their own
+# stream, so the two modes never share a draw and the gradient mode draws what it always drew.
+INIT_STREAM, CANDIDATE_STREAM, UNIFORM_STREAM = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class GCGConfig(ConfigSection):
     precision: str  # bf16: autocast on CUDA (CPU always runs the model's dtype)
     device: str  # where attack_shard puts the model; run() uses the model's device
     compile: Union[str, bool]  # "auto" | True | False: torch.compile the candidate forward (auto: on CUDA only)
+    candidates: str  # gradient (GCG's top-k) | uniform (gradient-free random substitutions, same budget)
 
 
 @dataclass
@@ -80,6 +89,11 @@ class GCGResult:
     orig_loss: float  # target CE given the original prefix
     attack_loss: float  # target CE given attack_ids (= trajectory[-1])
     kl: float  # mean over target positions of KL(p_orig || p_attack), summed over the vocabulary
+    init_loss: float  # target CE given the random initial prefix, re-scored like the trajectory (drop = init - attack)
+    # Mean over steps of the Spearman correlation between the W candidates' actual loss changes and their
+    # first-order predictions from the one-hot gradient (steps where either side is constant left out);
+    # nan when no step counted, and always under gcg.candidates: uniform (no gradient is computed).
+    rank_correlation: float
     seconds: float = 0.0  # wall-clock of the batched run divided by the samples in it
 
 
@@ -157,7 +171,34 @@ def sample_candidates(
     positions = below(words[..., 0], P)  # (S, W)
     ranks = below(words[..., 1], K)  # (S, W)
     tokens = top_tokens.reshape(S, P * K).gather(1, positions * K + ranks)  # (S, W)
-    ids = current[:, None, :].expand(S, width, P).clone()  # (S, W, P)
+    return _substitute(current, positions, tokens)
+
+
+def uniform_candidates(
+    current: torch.Tensor,
+    allowed: torch.Tensor,
+    width: int,
+    keys: torch.Tensor,
+    step: int,
+) -> Candidates:
+    """`width` one-token substitutions of each current prefix, drawn without a gradient (gcg.candidates: uniform).
+
+    current: (S, P); allowed: (A,) ids on current's device; keys: (S, 2). Candidate i of sample s
+    replaces a position uniform over P by a token uniform over `allowed`, from word 0 and 1 of
+    draw i of the sample's uniform stream at `step` (UNIFORM_STREAM: never a gradient-mode draw).
+    """
+    S, P = current.shape
+    assert keys.shape == (S, 2), "one key per sample"
+    words = draw_words(keys, UNIFORM_STREAM, step, width)  # (S, W, 4)
+    positions = below(words[..., 0], P)  # (S, W)
+    tokens = allowed[below(words[..., 1], len(allowed))]  # (S, W)
+    return _substitute(current, positions, tokens)
+
+
+def _substitute(current: torch.Tensor, positions: torch.Tensor, tokens: torch.Tensor) -> Candidates:
+    """Candidates (S, W, P): copies of current (S, P), copy w with tokens[s, w] at positions[s, w]."""
+    S, P = current.shape
+    ids = current[:, None, :].expand(S, positions.shape[1], P).clone()  # (S, W, P)
     ids.scatter_(2, positions[..., None], tokens[..., None])
     return Candidates(ids, positions, tokens)
 
@@ -278,6 +319,17 @@ def prefix_gradient(
 
     The summed loss is differentiated; rows do not interact, so each sample gets its own gradient.
     """
+    return prefix_loss_and_gradient(model, prefix_ids, target_ids, target_embeds, precision)[1]
+
+
+def prefix_loss_and_gradient(
+    model: torch.nn.Module,
+    prefix_ids: torch.Tensor,
+    target_ids: torch.Tensor,
+    target_embeds: torch.Tensor,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss (S,), grad (S, P, V)): each sample's target CE given its prefix and prefix_gradient's gradient of it."""
     embed = model.get_input_embeddings()
     weight = embed.weight  # (V, H)
     S, P = prefix_ids.shape
@@ -287,9 +339,46 @@ def prefix_gradient(
     one_hot = one_hot.scatter_(2, prefix_ids[..., None], 1.0).requires_grad_(True)  # (S, P, V)
     with torch.enable_grad(), _amp(model, precision):
         embeds = torch.cat([one_hot @ weight, target_embeds.to(weight.dtype)], dim=1)  # (S, P+L, H)
-        loss = target_ce(target_logits(model, embeds, P, L), target_ids).sum()
-        (grad,) = torch.autograd.grad(loss, one_hot)
-    return grad
+        loss = target_ce(target_logits(model, embeds, P, L), target_ids)  # (S,)
+        (grad,) = torch.autograd.grad(loss.sum(), one_hot)
+    return loss.detach(), grad
+
+
+def average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """(S, W) float64 1-based ranks of x (S, W) along the last axis, ties sharing their average rank (scipy's rankdata).
+
+    Sorted once and located with searchsorted: no pairwise (W, W) table, no data-dependent shape.
+    """
+    s = x.sort(dim=-1).values  # (S, W)
+    lower = torch.searchsorted(s, x, side="left")  # (S, W) entries below x
+    upper = torch.searchsorted(s, x, side="right")  # (S, W) entries at or below x
+    return (lower + upper + 1).to(torch.float64) / 2
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(S,) Spearman correlation of each row of x and y (S, W): Pearson of average ranks; nan for a constant row."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    dx, dy = rx - rx.mean(-1, keepdim=True), ry - ry.mean(-1, keepdim=True)
+    return (dx * dy).sum(-1) / ((dx * dx).sum(-1) * (dy * dy).sum(-1)).sqrt()
+
+
+def gradient_rank_correlation(
+    grad: torch.Tensor, current: torch.Tensor, current_loss: torch.Tensor, cands: Candidates, losses: torch.Tensor
+) -> torch.Tensor:
+    """(S,) Spearman correlation of the candidates' actual and first-order predicted loss changes at one step.
+
+    grad: (S, P, V) unnormalised gradient of the target CE at the one-hot of current (S, P);
+    current_loss: (S,); losses: (S, W) of cands. A substitution of token v for u at position p is
+    predicted to change the loss by grad[p, v] - grad[p, u]; the actual change is its loss minus
+    current_loss. NaN predictions rank above everything (the gradient made no usable claim).
+    """
+    S, P, V = grad.shape
+    at_current = grad.gather(2, current[..., None]).squeeze(-1)  # (S, P)
+    predicted = grad.reshape(S, P * V).gather(1, cands.positions * V + cands.tokens)  # (S, W)
+    predicted = predicted - at_current.gather(1, cands.positions)
+    predicted = torch.where(torch.isnan(predicted), torch.full_like(predicted, float("inf")), predicted)
+    actual = losses - current_loss[:, None].to(losses.dtype)  # (S, W)
+    return spearman(actual, predicted)
 
 
 @torch.no_grad()
@@ -329,7 +418,7 @@ def _check_inputs(
     for name, ids in (("prefix_ids", prefix_ids), ("target_ids", target_ids)):
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
             raise ValueError(f"{name} holds ids outside the model vocabulary [0, {vocab_size})")
-    if config.top_k > n_allowed:
+    if config.candidates == "gradient" and config.top_k > n_allowed:
         raise ValueError(
             f"gcg.top_k ({config.top_k}) is larger than the {n_allowed} tokens candidates may use; lower gcg.top_k"
         )
@@ -344,6 +433,7 @@ class Search:
     target_embeds: torch.Tensor  # (S, L, H), computed once
     keys: torch.Tensor  # (S, 2) Philox key of each sample
     banned: Optional[torch.Tensor]  # token ids never proposed, or None
+    allowed: torch.Tensor  # (A,) token ids the uniform candidates draw from (the complement of banned)
     config: GCGConfig
     compiled: bool  # candidate forward under torch.compile
 
@@ -356,6 +446,8 @@ class SearchState:
     best_loss: torch.Tensor  # (S,) best-so-far search loss
     visited: torch.Tensor  # (steps, S, P) argmin prefix of every step
     improved: torch.Tensor  # (steps, S) whether that step improved the best-so-far loss
+    rank_corr_sum: torch.Tensor  # (S,) float64 sum of the finite per-step gradient rank correlations
+    rank_corr_steps: torch.Tensor  # (S,) float64 how many steps added to it
 
 
 def search_step(search: Search, state: SearchState, step: int) -> None:
@@ -363,15 +455,27 @@ def search_step(search: Search, state: SearchState, step: int) -> None:
 
     Every shape is fixed by the config and every value stays on the device (no .item(), no
     copy to or from the host, no data-dependent shape), so a CUDA stream never waits for the CPU.
+    Under gcg.candidates: uniform, steps 1-3 are uniform substitutions and no gradient is taken.
     """
     cfg = search.config
-    grad = prefix_gradient(search.model, state.current, search.target_ids, search.target_embeds, cfg.precision)
-    top = top_k_substitutions(grad, cfg.top_k, search.banned)  # (S, P, K)
-    cands = sample_candidates(state.current, top, cfg.search_width, search.keys, step)
+    if cfg.candidates == "uniform":
+        grad = None
+        cands = uniform_candidates(state.current, search.allowed, cfg.search_width, search.keys, step)
+    else:
+        current_loss, grad = prefix_loss_and_gradient(
+            search.model, state.current, search.target_ids, search.target_embeds, cfg.precision
+        )  # (S,), (S, P, V)
+        top = top_k_substitutions(grad, cfg.top_k, search.banned)  # (S, P, K)
+        cands = sample_candidates(state.current, top, cfg.search_width, search.keys, step)
     losses = candidate_losses(
         search.model, cands.ids, search.target_ids, cfg.max_candidates_per_forward, search.target_embeds,
         cfg.precision, search.compiled,
     )  # (S, W)
+    if grad is not None:
+        rho = gradient_rank_correlation(grad, state.current, current_loss, cands, losses)  # (S,)
+        counts = torch.isfinite(rho)  # a constant side (e.g. W = 1) makes rho nan: that step counts for nothing
+        state.rank_corr_sum += torch.where(counts, rho, torch.zeros_like(rho))
+        state.rank_corr_steps += counts
     pick = losses.argmin(dim=1, keepdim=True)  # (S, 1)
     step_loss = losses.gather(1, pick).squeeze(1).to(state.best_loss.dtype)  # (S,)
     rows = torch.arange(len(pick), device=pick.device)
@@ -414,29 +518,36 @@ def run(
     with torch.no_grad():
         target_embeds = model.get_input_embeddings()(target_ids)  # (S, L, H), computed once
     search_dtype = torch.float64 if target_embeds.dtype == torch.float64 else torch.float32
-    search = Search(model, target_ids, target_embeds, keys, banned, config, use_compile(config.compile, device))
+    allowed = allowed.to(device)
+    search = Search(
+        model, target_ids, target_embeds, keys, banned, allowed, config, use_compile(config.compile, device)
+    )
+    init = initial_prefix(keys, P, allowed)  # (S, P)
     state = SearchState(
-        current=initial_prefix(keys, P, allowed.to(device)),
+        current=init,
         best_loss=torch.full((S,), float("inf"), dtype=search_dtype, device=device),
         visited=torch.empty((config.steps, S, P), dtype=torch.long, device=device),
         improved=torch.empty((config.steps, S), dtype=torch.bool, device=device),
+        rank_corr_sum=torch.zeros(S, dtype=torch.float64, device=device),
+        rank_corr_steps=torch.zeros(S, dtype=torch.float64, device=device),
     )
     for step in tqdm(range(config.steps), desc="gcg", unit="step", leave=False, disable=None):
         search_step(search, state, step)
     # The first host synchronisation: the search is over.
-    return _finalise(model, prefix_ids, target_ids, state.visited, state.improved, config, started)
+    return _finalise(model, prefix_ids, target_ids, init, state, config, started)
 
 
 def _finalise(
     model: torch.nn.Module,
     prefix_ids: torch.Tensor,
     target_ids: torch.Tensor,
-    visited: torch.Tensor,
-    improved: torch.Tensor,
+    init: torch.Tensor,
+    state: SearchState,
     config: GCGConfig,
     started: float,
 ) -> list[GCGResult]:
-    """Re-score every best-so-far prefix in full precision and build the results."""
+    """Re-score every best-so-far prefix and the initial prefix (S, P) in full precision and build the results."""
+    visited, improved = state.visited, state.improved
     steps, S, P = visited.shape
     step_idx, sample_idx = improved.nonzero(as_tuple=True)  # every (step, sample) that improved the best
     rescored = _rescore(
@@ -448,8 +559,12 @@ def _finalise(
     best_step = at_step.argmin(axis=0)  # (S,) first step reaching the minimum
     attack = visited[torch.as_tensor(best_step, device=visited.device), torch.arange(S, device=visited.device)]
     orig_loss, kl = _final_metrics(model, prefix_ids, attack, target_ids)
+    # A separate call, so the trajectory's re-scoring forwards are the ones they always were.
+    init_loss = _rescore(model, init, target_ids, config.max_candidates_per_forward)  # (S,)
+    rank_correlation = state.rank_corr_sum / state.rank_corr_steps  # (S,) 0/0 = nan where no step counted
     seconds = (time.perf_counter() - started) / S
     attack, orig_loss, kl = attack.cpu(), orig_loss.cpu(), kl.cpu()
+    init_loss, rank_correlation = init_loss.cpu(), rank_correlation.cpu()
     return [
         GCGResult(
             attack_ids=[int(t) for t in attack[s]],
@@ -458,6 +573,8 @@ def _finalise(
             orig_loss=float(orig_loss[s]),
             attack_loss=float(trajectory[-1, s]),
             kl=float(kl[s]),
+            init_loss=float(init_loss[s]),
+            rank_correlation=float(rank_correlation[s]),
             seconds=seconds,
         )
         for s in range(S)
