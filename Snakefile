@@ -36,6 +36,7 @@ localrules:
     download_data,
     select_gcg_samples,
     summarise_gcg,
+    summarise_uniform,
     tabulate_setup,
     tabulate_token_entropy,
     plot_token_entropy,

@@ -31,6 +31,8 @@ def record(sample: int, orig: float, trajectory: list[float], best_step: int, kl
         "attack_loss": trajectory[-1],
         "best_step": best_step,
         "trajectory": trajectory,
+        "init_loss": trajectory[0] + 1.0,
+        "rank_correlation": 0.25 * sample,
         "kl": kl,
         "seconds": 1.0,
     }
@@ -160,3 +162,19 @@ def test_shard_count_must_match_the_plan(tmp_path):
         summarise_shards(
             shards, "base", tmp_path / "a.csv", tmp_path / "b.csv", config(), plan={"shards": [[], [], []]}
         )
+
+
+def test_curves_hold_every_step_of_every_sample_in_sample_order(tmp_path):
+    """gcg_curves.npz holds, sorted by sample, the whole trajectory and the original and initial losses of each record."""
+    import numpy as np
+
+    shards = write_shards(tmp_path / "gcg" / "base", RECORDS[::-1])
+    curves = tmp_path / "gcg_curves.npz"
+    summarise_shards(shards, "base", tmp_path / "a.csv", tmp_path / "b.csv", config(),
+                     plan=plan_of(RECORDS[::-1]), curves_out=curves)
+    with np.load(curves) as z:
+        assert z["sample"].tolist() == [0, 1, 2, 3]
+        assert z["trajectory"].tolist() == [r["trajectory"] for r in RECORDS]
+        assert z["orig_loss"].tolist() == [r["orig_loss"] for r in RECORDS]
+        assert z["init_loss"].tolist() == [r["trajectory"][0] + 1.0 for r in RECORDS]
+        assert z["rank_correlation"].tolist() == [0.0, 0.25, 0.5, 0.75]

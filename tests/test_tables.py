@@ -100,7 +100,8 @@ def test_latex_escapes_headers_captions_and_cells():
 def gcg_record(sample: int, orig: float, trajectory: list[float], best_step: int, kl: float = 0.5, **ids) -> dict:
     return {"sample": sample, "model_sha256": "a" * 64, "prefix_ids": [6, 7], "target_ids": [8, 9],
             "attack_ids": [10, 11], "orig_loss": orig, "attack_loss": trajectory[-1], "best_step": best_step,
-            "trajectory": trajectory, "kl": kl, "seconds": 1.0, **ids}
+            "trajectory": trajectory, "init_loss": trajectory[0] + 1.0, "rank_correlation": 0.5, "kl": kl,
+            "seconds": 1.0, **ids}
 
 
 RECORDS = [

@@ -40,6 +40,7 @@ RESULT_KEYS = (
     "shards",
     "allow_special_tokens",
     "precision",
+    "candidates",
 )
 # Settings that fix which windows are attacked and by which shard.
 SELECTION_KEYS = ("fraction", "count", "sample_seed", "shards")
@@ -53,6 +54,8 @@ RECORD_KEYS = (
     "attack_loss",
     "best_step",
     "trajectory",
+    "init_loss",
+    "rank_correlation",
     "kl",
     "seconds",
 )
@@ -126,6 +129,8 @@ def to_record(sample: int, model_sha256: str, prefix: np.ndarray, target: np.nda
         "attack_loss": result.attack_loss,
         "best_step": result.best_step,
         "trajectory": list(result.trajectory),
+        "init_loss": result.init_loss,
+        "rank_correlation": result.rank_correlation,
         "kl": result.kl,
         "seconds": result.seconds,
     }

@@ -111,6 +111,7 @@ def cmd_gcg_summary(args: argparse.Namespace) -> None:
         config=cfg,
         plan=read_sample_plan(args.plan, cfg) if args.plan is not None else None,
         model_dir=args.model,
+        curves_out=args.curves_out,
     )
 
 
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True)
     p.add_argument("--per-sample-out", type=Path, required=True)
     p.add_argument("--sweep-out", type=Path, required=True)
+    p.add_argument("--curves-out", type=Path, default=None, help="gcg_curves.npz: every sample's loss after every step")
     add_config_args(p)
     p.set_defaults(func=cmd_gcg_summary)
 

@@ -99,6 +99,8 @@ def per_sample_table(records: list[dict], variant: str, iterations: Sequence[int
             "delta_loss": rec["orig_loss"] - rec["attack_loss"],
             "success": bool(rec["attack_loss"] <= rec["orig_loss"]),
             "best_step": int(rec["best_step"]),
+            "init_loss": rec["init_loss"],
+            "rank_correlation": rec["rank_correlation"],
             "kl": rec["kl"],
             "seconds": rec.get("seconds", float("nan")),
         }
@@ -106,10 +108,29 @@ def per_sample_table(records: list[dict], variant: str, iterations: Sequence[int
         row.update({budget_column(s): rec["trajectory"][s - 1] for s in iterations})
         rows.append(row)
     columns = [
-        "variant", "sample", "orig_loss", "attack_loss", "delta_loss", "success", "best_step", "kl", "seconds",
+        "variant", "sample", "orig_loss", "attack_loss", "delta_loss", "success", "best_step", "init_loss",
+        "rank_correlation", "kl", "seconds",
         *ID_COLUMNS, *(budget_column(s) for s in iterations),
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def write_curves(out: Path, records: list[dict]) -> None:
+    """`gcg_curves.npz`: per sample (sorted), the best-so-far loss after every step, the original and initial
+    losses and the gradient diagnostic: what the robustness analysis (ilm.tables.claims) reads."""
+    records = sorted(records, key=lambda r: r["sample"])
+    arrays = {
+        "sample": np.array([int(r["sample"]) for r in records], dtype=np.int64),
+        "trajectory": np.array([r["trajectory"] for r in records], dtype=np.float64).reshape(len(records), -1),
+        "orig_loss": np.array([r["orig_loss"] for r in records], dtype=np.float64),
+        "init_loss": np.array([r["init_loss"] for r in records], dtype=np.float64),
+        "rank_correlation": np.array([r["rank_correlation"] for r in records], dtype=np.float64),
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(out)
 
 
 def sweep_table(
@@ -151,6 +172,7 @@ def summarise_shards(
     config: Mapping,
     plan: Optional[Mapping] = None,
     model_dir: Optional[Path] = None,
+    curves_out: Optional[Path] = None,
 ) -> None:
     """Merge one variant's shard files (in shard order) into gcg.csv (per sample) and gcg_sweep.csv (per budget).
 
@@ -186,6 +208,8 @@ def summarise_shards(
     sweep = sweep_table(per_sample, variant, iterations, statistics.confidence)
     write_text(per_sample_out, per_sample.to_csv(index=False))
     write_text(sweep_out, sweep.to_csv(index=False))
+    if curves_out is not None:
+        write_curves(curves_out, records)
     log.info(
         "%s: %d samples from %d shards, success %s",
         variant, len(per_sample), len(shards),
