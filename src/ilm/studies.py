@@ -123,6 +123,28 @@ def check_studies(config: Mapping) -> None:
         raise ValueError(f"studies.run names undeclared studies {unknown}; declared: {', '.join(grids) or 'none'}")
     for name in grids:
         study(config, name)
+    check_seed_study(config)
+
+
+def check_seed_study(config: Mapping) -> None:
+    """claims.seed_study, when set, names a declared study that sweeps train.seed alone over every variant."""
+    name = config.get("claims", {}).get("seed_study")
+    if name is None:
+        return
+    grids = config.get("studies", {}).get("grids", {})
+    if name not in grids:
+        raise ValueError(f"claims.seed_study names {name!r}, which is not in studies.grids (declared: "
+                         f"{', '.join(grids) or 'none'}); declare it or set claims.seed_study: null")
+    s = study(config, name)
+    if list(s.settings) != ["train.seed"] or len(s.points) < 2:
+        raise ValueError(f"claims.seed_study {name!r} must sweep train.seed alone over at least 2 seeds "
+                         f"(it sweeps {', '.join(s.settings)} over {len(s.points)} point(s))")
+    missing = [v for v in config["variants"] if v not in s.variants]
+    if missing:
+        raise ValueError(f"claims.seed_study {name!r} must train every variant; add {missing} to its variants")
+    if not any(reuses_main_run(config, name, p) for p in s.points):
+        raise ValueError(f"claims.seed_study {name!r} must include the main run's train.seed "
+                         f"({config['train']['seed']}) so its first replicate is the main run")
 
 
 def _comparable(config: Mapping) -> str:
