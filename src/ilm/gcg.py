@@ -11,12 +11,16 @@ The attack searches a `prefix_length`-token prefix x* that makes the model predi
 4. all candidates scored in no-grad forwards; the argmin becomes the current prefix even
    when it is worse (plain GCG); the best-so-far prefix is tracked.
 
-`gcg.candidates: uniform` replaces steps 1-3 by uniformly random substitutions (a uniform position,
-a uniform allowed token) and computes no gradient: the same search, width, steps and candidate
-forwards without the gradient's guidance, a random-search baseline that tells gradient masking
-from real robustness (Athalye et al. 2018). Two diagnostics come with every result: `init_loss`,
-the loss of the random start, and `rank_correlation`, how well the gradient ranks the candidates
-it proposed (Spearman between actual and first-order predicted loss changes; gradient mode only).
+`gcg.candidates: uniform` replaces steps 2-3 by uniformly random substitutions (a uniform position,
+a uniform allowed token): the same search, width, steps and candidate forwards without the
+gradient's guidance, a random-search baseline that tells gradient masking from real robustness
+(Athalye et al. 2018). Two diagnostics come with every result: `init_loss`, the loss of the random
+start, and `rank_correlation`, how well the one-hot gradient ranks the candidates by their actual
+loss change (Spearman between actual and first-order predicted loss changes). Under `uniform` the
+gradient is still taken every step, but only for that measure: the candidates never depend on it,
+so it ranks an unbiased draw of substitutions and is the value to compare across models; in
+gradient mode it ranks the top-k shortlist the gradient itself chose (narrow spread, near 0 when
+top_k < V whatever the gradient's quality).
 
 Several samples are attacked together. Each sample's random numbers come from a counter-based
 generator (Philox4x32-10) keyed by (gcg.seed, sample seed) and counted by (draw, step), computed
@@ -91,8 +95,11 @@ class GCGResult:
     kl: float  # mean over target positions of KL(p_orig || p_attack), summed over the vocabulary
     init_loss: float  # target CE given the random initial prefix, re-scored like the trajectory (drop = init - attack)
     # Mean over steps of the Spearman correlation between the W candidates' actual loss changes and their
-    # first-order predictions from the one-hot gradient (steps where either side is constant left out);
-    # nan when no step counted, and always under gcg.candidates: uniform (no gradient is computed).
+    # first-order predictions from the one-hot gradient (steps where either side is constant left out; nan
+    # when none counted). Over which candidates: under gcg.candidates: uniform, the uniformly drawn ones (the
+    # gradient is taken only for this), an unbiased measure of the linearisation GCG relies on and the value to
+    # compare across models (a masked gradient ranks them poorly, Athalye et al. 2018); under gradient, the
+    # top-k shortlist the gradient chose, whose narrow spread keeps it near 0 when top_k < V.
     rank_correlation: float
     seconds: float = 0.0  # wall-clock of the batched run divided by the samples in it
 
@@ -455,27 +462,26 @@ def search_step(search: Search, state: SearchState, step: int) -> None:
 
     Every shape is fixed by the config and every value stays on the device (no .item(), no
     copy to or from the host, no data-dependent shape), so a CUDA stream never waits for the CPU.
-    Under gcg.candidates: uniform, steps 1-3 are uniform substitutions and no gradient is taken.
+    Under gcg.candidates: uniform, steps 2-3 are uniform substitutions; the gradient of step 1 is
+    still taken, but only to measure rank_correlation over them: the candidates never depend on it.
     """
     cfg = search.config
+    current_loss, grad = prefix_loss_and_gradient(
+        search.model, state.current, search.target_ids, search.target_embeds, cfg.precision
+    )  # (S,), (S, P, V)
     if cfg.candidates == "uniform":
-        grad = None
         cands = uniform_candidates(state.current, search.allowed, cfg.search_width, search.keys, step)
     else:
-        current_loss, grad = prefix_loss_and_gradient(
-            search.model, state.current, search.target_ids, search.target_embeds, cfg.precision
-        )  # (S,), (S, P, V)
         top = top_k_substitutions(grad, cfg.top_k, search.banned)  # (S, P, K)
         cands = sample_candidates(state.current, top, cfg.search_width, search.keys, step)
     losses = candidate_losses(
         search.model, cands.ids, search.target_ids, cfg.max_candidates_per_forward, search.target_embeds,
         cfg.precision, search.compiled,
     )  # (S, W)
-    if grad is not None:
-        rho = gradient_rank_correlation(grad, state.current, current_loss, cands, losses)  # (S,)
-        counts = torch.isfinite(rho)  # a constant side (e.g. W = 1) makes rho nan: that step counts for nothing
-        state.rank_corr_sum += torch.where(counts, rho, torch.zeros_like(rho))
-        state.rank_corr_steps += counts
+    rho = gradient_rank_correlation(grad, state.current, current_loss, cands, losses)  # (S,)
+    counts = torch.isfinite(rho)  # a constant side (e.g. W = 1) makes rho nan: that step counts for nothing
+    state.rank_corr_sum += torch.where(counts, rho, torch.zeros_like(rho))
+    state.rank_corr_steps += counts
     pick = losses.argmin(dim=1, keepdim=True)  # (S, 1)
     step_loss = losses.gather(1, pick).squeeze(1).to(state.best_loss.dtype)  # (S,)
     rows = torch.arange(len(pick), device=pick.device)
