@@ -27,6 +27,7 @@ include: "workflow/rules/studies.smk"
 include: "workflow/rules/pilot.smk"
 include: "workflow/rules/invert.smk"
 include: "workflow/rules/judges.smk"
+include: "workflow/rules/claims.smk"
 
 
 # Downloads (they need network) and seconds of CPU on small files: run them where Snakemake runs,
@@ -60,6 +61,10 @@ localrules:
     tabulate_inversion_examples,
     fetch_judges,
     tabulate_gcg_naturalness,
+    tabulate_claims,
+    tabulate_gcg_robustness,
+    tabulate_seed_claims,
+    study_summarise_uniform,
 
 
 rule all:

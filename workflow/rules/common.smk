@@ -10,7 +10,14 @@ from ilm.judges import JUDGE_ROOT, judge_folder, needs_fetch
 from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
 from ilm.pilot.config import PILOT_VARIANTS
 from ilm.pilot.data import encoder_folder as pilot_encoder_dir
-from ilm.studies import check_studies, manifest, manifest_files, point_config, study
+from ilm.studies import (
+    check_studies,
+    manifest,
+    manifest_files,
+    point_config,
+    point_root,
+    study,
+)
 
 config.update(validate_config(config))
 check_studies(config)
@@ -110,12 +117,13 @@ def metric_files(name):
 
 
 def study_targets(name):
-    """A study's table and figure (workflow/rules/studies.smk)."""
+    """A study's table and figure (workflow/rules/studies.smk); the seed study's claims table too."""
     return [
         *expand(
             f"{RESULTS}/studies/{name}/study.{{ext}}",
             ext=["csv", "md", "tex", "pdf", "png"],
-        )
+        ),
+        *(seed_claims_targets(name) if name == config["claims"]["seed_study"] else []),
     ]
 
 
@@ -167,6 +175,7 @@ def judge_inputs(wildcards):
 
 def all_targets():
     return [
+        *claims_targets(),
         *(pilot_targets() if PILOT["enabled"] else []),
         *grounding_targets(),
         *[path for name in config["studies"]["run"] for path in study_targets(name)],
@@ -205,21 +214,67 @@ STUDY_RUN = f"{RESULTS}/studies/{{study}}/{{point}}"
 STUDY_LOGS = "logs/studies/{study}/{point}"
 
 
-def study_config_file(stage):
+def study_config_file(stage, overrides=None):
     """Like config_file, for the point named by the job's wildcards."""
 
     def path(wildcards):
         point = POINT_CONFIGS[(wildcards.study, wildcards.point)]
+        point = deep_merge(point, overrides) if overrides else point
         return str(write_stage_config(point, stage, ".snakemake/ilm/config"))
 
     return path
 
 
-def study_shards(wildcards):
-    """The shard files of one variant at one point (the point may sweep gcg.shards)."""
-    shards = POINT_CONFIGS[(wildcards.study, wildcards.point)]["gcg"]["shards"]
-    root = f"{RESULTS}/studies/{wildcards.study}/{wildcards.point}"
-    return [f"{root}/gcg/{wildcards.variant}/shard{k}.jsonl" for k in range(shards)]
+def study_shards_of(kind):
+    """The shard files under `kind` (gcg, gcg_uniform) of one variant at one point (it may sweep gcg.shards)."""
+
+    def shards(wildcards):
+        n = POINT_CONFIGS[(wildcards.study, wildcards.point)]["gcg"]["shards"]
+        root = f"{RESULTS}/studies/{wildcards.study}/{wildcards.point}"
+        return [f"{root}/{kind}/{wildcards.variant}/shard{k}.jsonl" for k in range(n)]
+
+    return shards
+
+
+study_shards = study_shards_of("gcg")
+
+
+# --- claims (workflow/rules/claims.smk) ---
+CLAIM_FILES = ["gcg_curves.npz", "gcg_uniform_curves.npz", "eval_windows.csv"]
+
+
+def claims_targets():
+    """The claims and robustness tables of the main run (the seed study's come with study_targets)."""
+    return [
+        *expand(
+            f"{RESULTS}/tables/{{table}}.{{ext}}",
+            table=["claims", "gcg_robustness"],
+            ext=["csv", "md", "tex"],
+        ),
+    ]
+
+
+def seed_claims_targets(name):
+    return expand(f"{RESULTS}/studies/{name}/claims.{{ext}}", ext=["csv", "md", "tex"])
+
+
+def seed_claims_inputs(wildcards):
+    """Every replicate's curves, evaluation windows and transfer matrix (the main run first), and the stories."""
+    s = STUDIES[wildcards.study]
+    roots = sorted(
+        (point_root(config, wildcards.study, p, RESULTS) for p in s.points),
+        key=lambda root: root != RESULTS,
+    )
+    return [
+        *(
+            f"{root}/metrics/{v}/{name}"
+            for root in roots
+            for v in VARIANTS
+            for name in CLAIM_FILES
+        ),
+        *(f"{root}/metrics/transfer.csv" for root in roots),
+        f"{DATA}/test_stories.npy",
+    ]
 
 
 def study_manifest(wildcards):

@@ -18,6 +18,8 @@ TABLES = (
     "inversion",
     "inversion_examples",
     "gcg_naturalness",
+    "claims",
+    "gcg_robustness",
 )
 
 
