@@ -142,7 +142,8 @@ def test_bootstrap_edge_cases_and_chunking(monkeypatch):
 
 def test_bootstrap_refuses_non_finite_input():
     """A nan or inf among the sums or counts raises ValueError instead of being silently dropped."""
-    for sums, counts in (([1.0, float("nan"), 2.0], None), ([1.0, float("inf")], None), ([1.0, 2.0], [1.0, float("nan")])):
+    nan, inf = float("nan"), float("inf")
+    for sums, counts in (([1.0, nan, 2.0], None), ([1.0, inf], None), ([1.0, 2.0], [1.0, nan])):
         with pytest.raises(ValueError, match="nan or inf"):
             boot(sums, counts)
 
@@ -167,7 +168,7 @@ def test_percentile_bounds_take_the_ceil_order_statistic(confidence, n, low, hig
 
 
 def test_cluster_bootstrap_of_singletons_is_the_plain_bootstrap():
-    """With every unit its own cluster (labels in unit order) the cluster bootstrap is bit-identical to the plain one."""
+    """Every unit its own cluster (labels in unit order): the cluster bootstrap is bit-identical to the plain one."""
     x = np.random.default_rng(3).exponential(size=120)
     counts = np.random.default_rng(4).integers(1, 5, size=120).astype(float)
     assert bootstrap_interval(x, counts, confidence=0.9, resamples=500, seed=8, clusters=np.arange(120)) == \
@@ -196,7 +197,7 @@ def test_cluster_bootstrap_moves_whole_clusters():
 
 
 def test_cluster_bootstrap_is_wider_for_correlated_windows():
-    """Overlapping windows (10 copies of each story's value) look like 500 units; clusters widen the interval ~sqrt(10)."""
+    """Overlapping windows (10 copies of each story's value) look like 500 units; clusters widen it ~sqrt(10)."""
     story = np.random.default_rng(5).normal(size=50)
     x, labels = np.repeat(story, 10), np.repeat(np.arange(50), 10)  # (500,)
     plain = boot(x, resamples=2000)
