@@ -12,8 +12,10 @@ import ilm.stats
 from ilm.stats import (
     StatisticsConfig,
     bootstrap_interval,
+    bootstrap_totals,
     level_label,
     mcnemar_exact,
+    percentile_bounds,
     wilson_interval,
 )
 
@@ -136,6 +138,74 @@ def test_bootstrap_edge_cases_and_chunking(monkeypatch):
     whole = boot(x, seed=5)
     monkeypatch.setattr(ilm.stats, "_BOOTSTRAP_CHUNK_ENTRIES", 1000)  # 3 resamples per chunk
     assert boot(x, seed=5) == whole
+
+
+def test_bootstrap_refuses_non_finite_input():
+    """A nan or inf among the sums or counts raises ValueError instead of being silently dropped."""
+    nan, inf = float("nan"), float("inf")
+    for sums, counts in (([1.0, nan, 2.0], None), ([1.0, inf], None), ([1.0, 2.0], [1.0, nan])):
+        with pytest.raises(ValueError, match="nan or inf"):
+            boot(sums, counts)
+
+
+def test_bootstrap_bounds_are_the_exact_order_statistics():
+    """1000 resamples at 95 %: the bounds are the 25th and 975th smallest resampled means (re-drawn independently)."""
+    x = np.random.default_rng(11).normal(size=50)
+    rng = np.random.default_rng(2)  # the same seed and the same single draw as bootstrap_interval
+    means = np.sort(x[rng.integers(0, 50, size=(1000, 50))].sum(axis=1) / 50)  # (1000,)
+    assert np.unique(means).size == 1000  # distinct, so the 25th and 26th differ
+    assert boot(x, seed=2) == (means[24], means[974])
+    # The floating-point level (1 - 0.95) / 2 = 0.025000000000000022 would have taken the 26th.
+    assert np.quantile(means, (1 - 0.95) / 2, method="inverted_cdf") == means[25]
+
+
+@pytest.mark.parametrize("confidence, n, low, high", [(0.95, 1000, 25, 975), (0.9, 1000, 50, 950), (0.95, 999, 25, 975),
+                                                      (0.5, 4, 1, 3), (0.99, 10, 1, 10)])
+def test_percentile_bounds_take_the_ceil_order_statistic(confidence, n, low, high):
+    """Bounds are the ceil(n a)-th and ceil(n (1 - a))-th smallest values, a = (1 - confidence) / 2 (1-based)."""
+    draws = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))  # value k is the k-th smallest
+    assert percentile_bounds(draws, confidence) == (low, high)
+
+
+def test_cluster_bootstrap_of_singletons_is_the_plain_bootstrap():
+    """Every unit its own cluster (labels in unit order): the cluster bootstrap is bit-identical to the plain one."""
+    x = np.random.default_rng(3).exponential(size=120)
+    counts = np.random.default_rng(4).integers(1, 5, size=120).astype(float)
+    assert bootstrap_interval(x, counts, confidence=0.9, resamples=500, seed=8, clusters=np.arange(120)) == \
+        boot(x, counts, confidence=0.9, resamples=500, seed=8)
+
+
+def test_cluster_bootstrap_with_shuffled_singleton_labels_has_the_same_distribution():
+    """Singleton labels in another order draw other resamples, but of the same distribution: bounds agree to 5 %."""
+    x = np.random.default_rng(0).normal(loc=1.0, scale=3.0, size=2000)
+    shuffled = np.random.default_rng(1).permutation(2000)
+    low, high = bootstrap_interval(x, confidence=0.95, resamples=2000, seed=0, clusters=shuffled)
+    ref_low, ref_high = boot(x, resamples=2000, seed=0)
+    assert (low, high) != (ref_low, ref_high)
+    assert high - low == pytest.approx(ref_high - ref_low, rel=0.05)
+    assert (low + high) / 2 == pytest.approx((ref_low + ref_high) / 2, abs=0.02)
+
+
+def test_cluster_bootstrap_moves_whole_clusters():
+    """Clusters a = [0] and b = [1, 1, 1]: a resample of 2 clusters is aa, ab or bb, with mean 0, 3/4 or 1
+    (probabilities 1/4, 1/2, 1/4); the 95 % bounds are 0 and 1, the central 20 % both 3/4."""
+    x, labels = [0.0, 1.0, 1.0, 1.0], ["a", "b", "b", "b"]
+    totals = bootstrap_totals(np.stack([x, np.ones(4)], axis=1), clusters=labels, resamples=400, seed=0)  # (400, 2)
+    assert set(map(tuple, totals)) == {(0.0, 2.0), (3.0, 4.0), (6.0, 6.0)}  # sizes 1+1, 1+3, 3+3
+    assert bootstrap_interval(x, confidence=0.95, resamples=400, seed=0, clusters=labels) == (0.0, 1.0)
+    assert bootstrap_interval(x, confidence=0.2, resamples=400, seed=0, clusters=labels) == (0.75, 0.75)
+
+
+def test_cluster_bootstrap_is_wider_for_correlated_windows():
+    """Overlapping windows (10 copies of each story's value) look like 500 units; clusters widen it ~sqrt(10)."""
+    story = np.random.default_rng(5).normal(size=50)
+    x, labels = np.repeat(story, 10), np.repeat(np.arange(50), 10)  # (500,)
+    plain = boot(x, resamples=2000)
+    clustered = bootstrap_interval(x, confidence=0.95, resamples=2000, seed=0, clusters=labels)
+    ratio = (clustered[1] - clustered[0]) / (plain[1] - plain[0])
+    assert ratio == pytest.approx(math.sqrt(10), rel=0.15)
+    with pytest.raises(ValueError, match="one label per unit"):
+        bootstrap_interval(x, confidence=0.95, resamples=10, seed=0, clusters=labels[:-1])
 
 
 def test_statistics_config_from_the_schema():

@@ -5,13 +5,16 @@ numpy only (no torch, no scipy). Every level, resample count and seed comes from
 
 * `wilson_interval`: the Wilson score interval of a success rate (GCG success, docs/method.md §4.4);
 * `mcnemar_exact`: two-sided exact McNemar test of two models attacked on the same samples;
-* `bootstrap_interval`: percentile bootstrap over units (samples, windows) of a mean or ratio of sums.
+* `bootstrap_interval`: percentile bootstrap over units (samples, windows) of a mean or ratio of sums,
+  optionally resampling whole clusters of units (the windows of one story);
+* `bootstrap_totals` / `percentile_bounds`: its two halves, for statistics that are not a ratio of sums.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
@@ -81,6 +84,76 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def _cluster_totals(columns: np.ndarray, clusters: npt.ArrayLike) -> np.ndarray:
+    """The rows of `columns` (n, k) summed within each cluster label, in sorted label order: (m, k)."""
+    labels = np.asarray(clusters).reshape(-1)
+    if labels.size != columns.shape[0]:
+        raise ValueError(f"clusters ({labels.size} labels) must give one label per unit ({columns.shape[0]} units)")
+    _, inverse = np.unique(labels, return_inverse=True)
+    m = int(inverse.max()) + 1 if inverse.size else 0
+    # bincount adds each row to 0.0, so singleton clusters keep their rows bit for bit.
+    return np.stack([np.bincount(inverse, weights=col, minlength=m) for col in columns.T], axis=1)
+
+
+def bootstrap_totals(
+    columns: npt.ArrayLike,
+    *,
+    clusters: npt.ArrayLike | None,
+    resamples: int,
+    seed: int,
+) -> np.ndarray:
+    """Column totals of `resamples` bootstrap resamples of the rows (units) of `columns` (n, k): (R, k).
+
+    Without clusters each resample draws n units with replacement. With `clusters` (one label per
+    unit) it draws as many clusters as there are distinct labels, with replacement, and takes every
+    unit of each drawn cluster (units of one cluster are dependent, so they move together).
+    """
+    table = np.asarray(columns, dtype=np.float64)
+    table = table.reshape(-1, 1) if table.ndim == 1 else table  # (n, k)
+    if table.ndim != 2:
+        raise ValueError(f"columns must be 1-D or 2-D (units, columns), not of shape {table.shape}")
+    if not np.all(np.isfinite(table)):
+        raise ValueError("bootstrap input holds nan or inf; drop or fix those units before resampling")
+    if resamples < 1:
+        raise ValueError(f"statistics.bootstrap_resamples must be at least 1, not {resamples}")
+    units = table if clusters is None else _cluster_totals(table, clusters)  # (m, k)
+    m = units.shape[0]
+    if m == 0:
+        return np.empty((0, table.shape[1]))
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BOOTSTRAP_CHUNK_ENTRIES // m)
+    totals = np.empty((resamples, units.shape[1]))  # (R, k)
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        idx = rng.integers(0, m, size=(stop - start, m))  # (r, m)
+        for j in range(units.shape[1]):
+            # One contiguous column at a time: the same pairwise sums as summing a 1-D array.
+            totals[start:stop, j] = np.ascontiguousarray(units[:, j])[idx].sum(axis=1)
+    return totals
+
+
+def _order_statistic(p: Fraction, n: int) -> int:
+    """0-based index of the inverted-CDF p-quantile of n sorted values: the ceil(n p)-th smallest."""
+    return max(1, math.ceil(n * p)) - 1
+
+
+def percentile_bounds(draws: npt.ArrayLike, confidence: float) -> tuple[float, float]:
+    """The (1 -/+ confidence) / 2 inverted-CDF quantiles of the finite bootstrap `draws`; (nan, nan) if none.
+
+    The order statistics are found in exact rational arithmetic: in floating point (1 - 0.95) / 2
+    is 0.025000000000000022, which would pick the 26th of 1000 values instead of the 25th.
+    """
+    normal_quantile(confidence)  # checks the level
+    values = np.asarray(draws, dtype=np.float64).reshape(-1)
+    values = np.sort(values[np.isfinite(values)])  # (R,)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - Fraction(str(float(confidence)))) / 2  # 0.95 -> 1/40 exactly
+    low = values[_order_statistic(alpha, values.size)]
+    high = values[_order_statistic(1 - alpha, values.size)]
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     sums: npt.ArrayLike,
     counts: npt.ArrayLike | None = None,
@@ -88,14 +161,21 @@ def bootstrap_interval(
     confidence: float,
     resamples: int,
     seed: int,
+    clusters: npt.ArrayLike | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of sum(sums) / sum(counts) over units resampled with replacement.
 
     `sums[i]` and `counts[i]` belong to unit i (a sample, a window); `counts=None` means one per
     unit, i.e. the plain mean of `sums`. Each of `resamples` resamples draws n units with
-    replacement; the bounds are the empirical (1 -/+ confidence) / 2 quantiles (inverted CDF, so
-    each bound is one of the resampled statistics). A resample whose counts sum to zero has no
-    statistic and is left out. (nan, nan) without units. The same seed gives the same interval.
+    replacement, or, with `clusters` (one label per unit, e.g. the story of a window), draws whole
+    clusters (`bootstrap_totals`). The bounds are the empirical (1 -/+ confidence) / 2 quantiles
+    (inverted CDF, so each bound is one of the resampled statistics; `percentile_bounds`). A
+    resample whose counts sum to zero has no statistic and is left out. (nan, nan) without units.
+    The same seed gives the same interval; nan or inf among the inputs raise ValueError.
+
+    Paired bootstrap: pass the per-unit paired differences (variant minus base on the same window)
+    as `sums`; each resample then keeps both members of every pair, and `clusters` keeps the
+    windows of one story together.
     """
     values = np.asarray(sums, dtype=np.float64).reshape(-1)  # (n,)
     weights = np.ones_like(values) if counts is None else np.asarray(counts, dtype=np.float64).reshape(-1)
@@ -103,23 +183,8 @@ def bootstrap_interval(
         raise ValueError(f"sums ({values.size} units) and counts ({weights.size} units) must have the same length")
     if np.any(weights < 0):
         raise ValueError("counts must be non-negative")
-    if resamples < 1:
-        raise ValueError(f"statistics.bootstrap_resamples must be at least 1, not {resamples}")
-    normal_quantile(confidence)  # checks the level
-    n = values.size
-    if n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    rows = max(1, _BOOTSTRAP_CHUNK_ENTRIES // n)
-    stats = np.empty(resamples)  # (R,)
-    for start in range(0, resamples, rows):
-        stop = min(resamples, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n))  # (r, n)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stats[start:stop] = values[idx].sum(axis=1) / weights[idx].sum(axis=1)
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return float("nan"), float("nan")
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
-    return float(low), float(high)
+    normal_quantile(confidence)  # checks the level before any work
+    totals = bootstrap_totals(np.stack([values, weights], axis=1), clusters=clusters, resamples=resamples, seed=seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = totals[:, 0] / totals[:, 1]  # (R,)
+    return percentile_bounds(ratios, confidence)
