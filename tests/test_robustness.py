@@ -49,7 +49,7 @@ def records(rng, rate, orig=6.0, init=10.0) -> AttackRecords:
 
 
 def pair(variant, base, criterion="success", drop=None):
-    return analyse_pair(variant, base, STORIES, criterion=criterion, drop=drop, budgets=BUDGETS, alpha=0.05, **BOOT)
+    return analyse_pair(variant, base, STORIES, criterion=criterion, drop=drop, budgets=BUDGETS, alpha=0.05, primary_rate=0.5, **BOOT)
 
 
 def reference_cluster_bootstrap(values, clusters, resamples, seed, confidence):
@@ -165,8 +165,9 @@ def test_holm_is_monotone_capped_and_never_below_the_raw_p():
 
 def test_primary_budget_is_the_baselines_median_time():
     """The first budget where the Baseline's success rate reaches 1/2; the last budget if it never does."""
-    assert primary_budget([0.1, 0.49, 0.5, 0.9], [5, 10, 20, 40]) == 20
-    assert primary_budget([0.0, 0.2, 0.3], [5, 10, 20]) == 20
+    assert primary_budget([0.1, 0.49, 0.5, 0.9], [5, 10, 20, 40], 0.5) == 20
+    assert primary_budget([0.0, 0.2, 0.3], [5, 10, 20], 0.5) == 20
+    assert primary_budget([0.1, 0.49, 0.5, 0.9], [5, 10, 20, 40], 0.25) == 10  # claims.primary_rate
 
 
 def test_primary_budget_does_not_look_at_the_variant():

@@ -44,10 +44,6 @@ VERDICTS = (SUPPORTED, CONTRADICTED, UNDETERMINED, GRADIENT_MASKING, MOVING_BAR)
 
 CRITERIA = ("success", "drop")  # time_to_success (the model's own bar), steps_to_drop (fluency-free)
 
-# The primary budget is the Baseline's median time to success: half of its windows broken.
-_PRIMARY_SUCCESS_RATE = 0.5
-
-
 # --- inputs ---------------------------------------------------------------------------------------
 
 
@@ -225,14 +221,16 @@ def holm(pvalues: npt.ArrayLike) -> np.ndarray:
     return adjusted.reshape(p.shape)
 
 
-def primary_budget(success_rate_base: npt.ArrayLike, budgets: Sequence[int]) -> int:
-    """The first budget at which the Baseline's success rate reaches one half (its median time to
-    success), else the last budget. Chosen from the Baseline alone, so the choice never looks at a variant."""
+def primary_budget(success_rate_base: npt.ArrayLike, budgets: Sequence[int], rate: float) -> int:
+    """The first budget at which the Baseline's success rate reaches `rate` (claims.primary_rate; 0.5: its
+    median time to success), else the last budget. Chosen from the Baseline alone, so it never looks at a variant."""
     rates = np.asarray(success_rate_base, dtype=np.float64)
     b = _check_budgets(budgets, None)
     if rates.shape != b.shape:
         raise ValueError(f"success_rate_base {rates.shape} must give one rate per budget {b.shape}")
-    reached = np.flatnonzero(rates >= _PRIMARY_SUCCESS_RATE)
+    if not 0 < rate < 1:
+        raise ValueError(f"claims.primary_rate must lie strictly between 0 and 1, not {rate}")
+    reached = np.flatnonzero(rates >= rate)
     return int(b[reached[0]] if reached.size else b[-1])
 
 
@@ -395,7 +393,7 @@ def _optional_adjusted(diff: np.ndarray, covariate: np.ndarray, labels: np.ndarr
 
 def analyse_pair(variant: AttackRecords, base: AttackRecords, clusters: npt.ArrayLike, *, criterion: str,
                  drop: Optional[float], budgets: Sequence[int], confidence: float, resamples: int, seed: int,
-                 alpha: float) -> PairAnalysis:
+                 alpha: float, primary_rate: float) -> PairAnalysis:
     """Every statistic of one variant against the Baseline under one criterion, and its `effect_verdict`.
 
     The verdict's p is the primary budget's McNemar p, Holm-adjusted across `budgets`; to adjust
@@ -414,7 +412,7 @@ def analyse_pair(variant: AttackRecords, base: AttackRecords, clusters: npt.Arra
     sv, sb = success_by_budget(tv, ev, b), success_by_budget(tb, eb, b)  # (n, B)
     base_only, variant_only, p = mcnemar_by_budget(sv, sb)
     p_holm = holm(p)
-    primary = primary_budget(sb.mean(axis=0), b)
+    primary = primary_budget(sb.mean(axis=0), b, primary_rate)
     primary_p = float(p_holm[np.searchsorted(b, primary)])
     return PairAnalysis(
         criterion=criterion, n=int(labels.size), stories=int(np.unique(labels).size), budget=steps,

@@ -1,4 +1,4 @@
-# The claims table (docs/method.md §13): each claim of the paper, its test and a verdict from rules in code.
+# The claims table (docs/method.md §14): each claim of the paper, its test and a verdict from rules in code.
 # The main run's table has one training seed; the seed study's (claims.seed_study) compares every seed.
 
 
@@ -45,6 +45,13 @@ rule tabulate_gcg_robustness:
         ),
         md=f"{RESULTS}/tables/gcg_robustness.md",
         tex=f"{RESULTS}/tables/gcg_robustness.tex",
+        models=report(
+            f"{RESULTS}/tables/gcg_robustness_models.csv",
+            caption="../report/gcg_robustness.rst",
+            category="Robustness",
+        ),
+        models_md=f"{RESULTS}/tables/gcg_robustness_models.md",
+        models_tex=f"{RESULTS}/tables/gcg_robustness_models.tex",
     log:
         "logs/tables/gcg_robustness.log",
     conda:

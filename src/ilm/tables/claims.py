@@ -1,7 +1,7 @@
 """Table `claims` (rule tabulate_claims): each claim of the paper the workflow tests, its test and a verdict.
 
 One row per (claim, model). Every verdict comes from a rule in code (ilm.robustness, documented
-in docs/method.md §13), never by hand:
+in docs/method.md §14), never by hand:
 
 * **ILM keeps fluency**: the paired difference of forward CE per test window (variant minus
   Baseline, nats). Supported when its interval lies below `claims.fluency_margin`, contradicted
@@ -213,17 +213,18 @@ class RunAttacks:
     drop: dict[str, rb.PairAnalysis]
     uniform: dict[str, rb.PairAnalysis]
     rank_correlation: dict[str, tuple[float, int]]  # model -> (mean over windows, finite windows), uniform search
-    drop_nats: float
+    drop_nats: Optional[float]  # None: the Baseline's attacks never fell below their start
     stories_of: dict[int, int]
 
 
-def fixed_drop(base: rb.AttackRecords, quantile: float) -> float:
-    """The fluency-free criterion's drop (nats): a quantile of the Baseline's drop to its own bar."""
-    needed = base.init_loss - base.orig_loss
-    value = float(np.quantile(needed, quantile))
+def fixed_drop(base: rb.AttackRecords, quantile: float) -> Optional[float]:
+    """The fluency-free criterion's drop (nats): a quantile of the drop the Baseline's attacks reach by their
+    last step (initial minus final loss). None when that is not positive (the attacks never got below their start)."""
+    value = float(np.quantile(base.init_loss - base.trajectory[:, -1], quantile))
     if not value > 0:
-        raise ValueError(f"the Baseline's attacks start at or below their bar (median drop {value:.3g} nats), so no "
-                         "fixed drop can be set; raise claims.drop_quantile or attack more steps")
+        log.warning("the Baseline's attacks end at or above their initial loss (quantile %.3g nats): "
+                    "no fluency-independent criterion", value)
+        return None
     return value
 
 
@@ -244,15 +245,17 @@ def analyse_run(run: Run, stories: np.ndarray, config: Mapping, drop_nats: Optio
             raise ValueError(f"{run.root}: {name}'s GCG records cover other windows than the Baseline's; rerun with "
                              "one samples.json")
     clusters = stories[samples]
-    drop_nats = drop_nats if drop_nats is not None else fixed_drop(curves[BASE][1], claims["drop_quantile"])
+    if drop_nats is None:
+        drop_nats = fixed_drop(curves[BASE][1], claims["drop_quantile"])
     out = RunAttacks({}, {}, {}, {}, drop_nats, {int(s): int(c) for s, c in zip(samples, clusters)})
     for v in curves:
         if v == BASE:
             continue
         out.gradient[v] = rb.analyse_pair(curves[v][1], curves[BASE][1], clusters, criterion="success", drop=None,
                                           budgets=budgets, **boot)
-        out.drop[v] = rb.analyse_pair(curves[v][1], curves[BASE][1], clusters, criterion="drop", drop=drop_nats,
-                                      budgets=budgets, **boot)
+        if drop_nats is not None:
+            out.drop[v] = rb.analyse_pair(curves[v][1], curves[BASE][1], clusters, criterion="drop",
+                                          drop=drop_nats, budgets=budgets, **boot)
         if v in uniform and BASE in uniform:
             out.uniform[v] = rb.analyse_pair(uniform[v][1], uniform[BASE][1], clusters, criterion="success",
                                              drop=None, budgets=budgets, **boot)
@@ -322,8 +325,8 @@ def seed_results(run: Run, inputs: Inputs, config: Mapping, drop_nats: Optional[
                 families[RECOVERY][v] = rec
     families[RESISTS] = _gcg_family(attacks.gradient, "gradient GCG", claims)
     families[UNIFORM] = _gcg_family(attacks.uniform, "uniform random search", claims)
-    families[FLUENCY_FREE] = _gcg_family(attacks.drop, f"GCG, broken = {attacks.drop_nats:.3g} nats below the start",
-                                         claims)
+    families[FLUENCY_FREE] = _gcg_family(attacks.drop, f"GCG, broken = {attacks.drop_nats or 0:.3g} nats below the "
+                                         "start", claims)
     if run.transfer is not None:
         table = pd.read_csv(run.transfer)
         families[TRANSFER] = {v: transfer_test(table, v, attacks.stories_of, stats)
@@ -340,12 +343,12 @@ def seed_results(run: Run, inputs: Inputs, config: Mapping, drop_nats: Optional[
         overall = rb.robustness_verdict(
             g.verdict,
             uniform.verdict if uniform is not None else rb.UNDETERMINED,
-            families[FLUENCY_FREE][v].verdict,
+            families[FLUENCY_FREE][v].verdict if v in families[FLUENCY_FREE] else rb.UNDETERMINED,
         )
         if overall == g.verdict == rb.SUPPORTED and transfer_verdict is not None and \
                 transfer_verdict.verdict == rb.CONTRADICTED:
             overall = rb.GRADIENT_MASKING  # the Baseline's attacks break the variant more often than its own
-        families[OVERALL][v] = Result("the rows above, by the robustness rule (docs/method.md §13)", g.effect, g.low,
+        families[OVERALL][v] = Result("the rows above, by the robustness rule (docs/method.md §14)", g.effect, g.low,
                                       g.high, g.p, g.n, g.stories, p_holm=g.p_holm, verdict=overall)
     return {(c, m): r for c, rows in families.items() for m, r in rows.items()}, attacks
 
@@ -379,6 +382,12 @@ def claims_frame(inputs: Inputs, config: Mapping) -> tuple[pd.DataFrame, list[Ru
     return pd.DataFrame(rows, columns=list(COLUMNS)), analyses
 
 
+def _drop_sentence(drop_nats: Optional[float]) -> str:
+    if drop_nats is None:
+        return "The Baseline's attacks never fell below their start, so there is no fluency-independent criterion."
+    return f"The fluency-independent criterion counts a window as broken {drop_nats:.3g} nats below the attack's start."
+
+
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Optional[Path] = None) -> pd.DataFrame:
     """claims.{csv,md,tex} from the runs' curves, evaluation windows, transfer matrix and inversion metrics."""
     gathered = gather(inputs)
@@ -388,8 +397,8 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
         f"Claims of the paper and the workflow's verdicts ({len(gathered.runs)} training seed(s)). Effects are paired "
         f"differences on the same windows, variant minus Baseline unless stated, with {level_label(stats.confidence)} "
         f"story-bootstrap intervals; p is Holm-adjusted within each claim (GCG: across budgets and variants, at the "
-        f"primary budget), the largest over seeds. The fluency-independent criterion counts a window as broken "
-        f"{analyses[0].drop_nats:.3g} nats below the attack's initial loss. Verdict rules: docs/method.md §13."
+        f"primary budget), the largest over seeds. {_drop_sentence(analyses[0].drop_nats)} "
+        "Verdict rules: docs/method.md §14."
     )
     write_table(frame, out_stem, digits=3, caption=caption, label="tab:claims")
     log.info("%d claim rows over %d seed(s) -> %s", len(frame), len(gathered.runs), out_stem)
