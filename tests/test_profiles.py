@@ -49,7 +49,9 @@ def test_every_gpu_rule_gets_the_gpu_partition_and_model(rules, monkeypatch):
     per_rule = profile.get("set-resources", {})
     gpu_rules = _gpu_rules(rules)
     assert gpu_rules >= {"train_model", "evaluate_model", "attack_gcg_shard", "embed_pilot"}  # the parse found them
-    missing = sorted(r for r in gpu_rules if {k: per_rule.get(r, {}).get(k) for k in GPU_SITE_VALUES} != GPU_SITE_VALUES)
+    missing = sorted(
+        r for r in gpu_rules if {k: per_rule.get(r, {}).get(k) for k in GPU_SITE_VALUES} != GPU_SITE_VALUES
+    )
     assert not missing, f"GPU rules without the GPU partition and model in profiles/slurm (gpu_rules): {missing}"
     assert not set(per_rule) - set(rules), f"profiles/slurm names rules that do not exist: {set(per_rule) - set(rules)}"
     cpu_with_gpu_values = sorted(r for r in set(per_rule) - gpu_rules if set(per_rule[r]) & set(GPU_SITE_VALUES))
@@ -65,7 +67,8 @@ def test_profile_repeats_no_rule_number_differently(rules, monkeypatch, site):
     clashes = []
     for rule, values in profile.get("set-resources", {}).items():
         declared = rules[rule]["resources"]
-        clashes += [f"{rule}: {k}={v} (rule: {declared[k]})" for k, v in values.items() if k in declared and declared[k] != v]
+        clashes += [f"{rule}: {k}={v} (rule: {declared[k]})"
+                    for k, v in values.items() if k in declared and declared[k] != v]
     for rule, threads in profile.get("set-threads", {}).items():
         if rules[rule]["resources"]["threads"] != threads:
             clashes.append(f"{rule}: threads={threads} (rule: {rules[rule]['resources']['threads']})")
@@ -93,7 +96,8 @@ def _dry_run_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def test_dry_run_sends_gpu_jobs_to_the_gpu_partition_with_the_rule_numbers(rules, tmp_path):
-    """A dry run through profiles/slurm: GPU jobs get the GPU partition and model, CPU jobs the CPU partition, all the rules' numbers."""
+    """A dry run through profiles/slurm: GPU jobs get the GPU partition and model, CPU jobs the CPU partition,
+    every job its rule's memory and runtime."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     env = {k: v for k, v in os.environ.items() if k not in SITE} | SITE
     snakemake = str(Path(sys.executable).parent / "snakemake")

@@ -190,7 +190,8 @@ def readable(df: pd.DataFrame) -> pd.DataFrame:
         elif name in intervals:
             low, high, level = intervals[name]
             lows, highs = df[low].tolist(), df[high].tolist()
-            spread = _smallest_positive([(h - lo) / 2 for lo, h in zip(lows, highs) if not (_missing(lo) or _missing(h))])
+            halves = [(h - lo) / 2 for lo, h in zip(lows, highs) if not (_missing(lo) or _missing(h))]
+            spread = _smallest_positive(halves)
             d = 1 if _is_rate(name) else (_decimals(spread, 2) if spread else _column_decimals(name, values))
             out[f"{name} [{level} interval]".replace(" [ ", " [")] = [
                 _number(v, d) if _missing(v) or _missing(lo) or _missing(h) else

@@ -62,4 +62,4 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=Non
         raise ValueError(f"table token_entropy reads one split file (results/data/train.npy), got {len(inputs)}")
     table = build(inputs[0])
     write_text(Path(out_stem).with_suffix(".csv"), table.to_csv(index=False))
-    write_html(table, out_stem, "Shannon entropy (bits) of the token at each window position over the training windows.")
+    write_html(table, out_stem, "Shannon entropy (bits) of the token at each window position over the training windows")
