@@ -1,12 +1,16 @@
-"""Deployment: envs/ilm.yaml pins every dependency inside pyproject.toml's range, and the env file the rules use."""
+"""Deployment: envs/ilm.yaml pins every dependency inside pyproject.toml's range, the env file the rules use,
+and the Apptainer definition read the way Apptainer reads it."""
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
 
 from ilm.cli import main
 from ilm.deploy import CPU_TORCH, TORCH_ENV, check_env, conda_env_file
@@ -62,10 +66,111 @@ def test_generated_env_installs_this_checkout_and_cpu_torch(tmp_path, monkeypatc
     assert cuda != path and "torch==2.13.0" in cuda.read_text() and "whl/cpu" not in cuda.read_text()
 
 
+APPTAINER_DEF = REPO / "envs" / "Apptainer.def"
+BUILD_ARG = re.compile(r"{{\s*(\w+)\s*}}")  # Apptainer's own pattern (internal/pkg/build/args/reader.go)
+PIP_OPTIONS_WITH_VALUE = {"-i", "--index-url", "--extra-index-url", "-r", "--requirement", "-c", "--constraint"}
+
+
+def _sections(definition: str) -> dict[str, list[str]]:
+    """The lines of each `%section` of a definition file ('' holds the header and its comments)."""
+    sections: dict[str, list[str]] = {"": []}
+    name = ""
+    for line in definition.splitlines():
+        match = re.match(r"^%(\w+)", line)
+        if match:
+            name = match.group(1)
+            sections.setdefault(name, [])
+        else:
+            sections[name].append(line)
+    return sections
+
+
+def _apptainer_defaults(definition: str) -> dict[str, str]:
+    """%arguments as Apptainer reads it (args.ReadDefaults): NAME=value, both trimmed of spaces only, quotes kept."""
+    defaults = {}
+    for line in _sections(definition).get("arguments", []):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        assert "=" in text, f"Apptainer skips {text!r}: not a key=value pair"
+        key, value = text.split("=", 1)
+        defaults[key.strip()] = value.strip()
+    return defaults
+
+
+def _pip_installs(definition: str, build_args: dict[str, str]) -> list[list[str]]:
+    """The words of each `pip install` in %post once Apptainer has pasted in the arguments and sh has split it."""
+    defaults = _apptainer_defaults(definition)
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        assert name in build_args or name in defaults, f"build var {name} has no default and no --build-arg"
+        return build_args.get(name, defaults.get(name))
+
+    post = BUILD_ARG.sub(value, "\n".join(_sections(definition)["post"]))
+    return [shlex.split(line)[2:] for line in post.splitlines() if line.strip().startswith("pip install")]
+
+
+def _requirements(words: list[str]) -> tuple[list[str], list[str]]:
+    """(requirements, index URLs) of one `pip install`'s words; local paths (/opt/ilm) are neither."""
+    requirements, indexes = [], []
+    words = iter(words)
+    for word in words:
+        if word in PIP_OPTIONS_WITH_VALUE:
+            option_value = next(words)
+            if "index-url" in word or word == "-i":
+                indexes.append(option_value)
+        elif not word.startswith(("-", "/", ".")):
+            requirements.append(word)
+    return requirements, indexes
+
+
+def _check_installs(installs: list[list[str]]) -> list[Requirement]:
+    """Every requirement parses (PEP 508) and every index is an https URL; returns the requirements."""
+    parsed = []
+    for words in installs:
+        requirements, indexes = _requirements(words)
+        for text in requirements:
+            try:
+                parsed.append(Requirement(text))
+            except InvalidRequirement as err:
+                pytest.fail(f"pip install {' '.join(map(shlex.quote, words))}: {text!r} is no requirement ({err})")
+        for url in indexes:
+            parts = urlparse(url)
+            assert parts.scheme == "https" and parts.netloc and " " not in url, f"index {url!r} is no https URL"
+    return parsed
+
+
+def test_apptainer_default_build_installs_valid_requirements():
+    """Parsed as Apptainer does, the default %arguments give pip valid requirements: CPU torch from PyTorch's index."""
+    definition = APPTAINER_DEF.read_text()
+    defaults = _apptainer_defaults(definition)
+    requirements = _check_installs(_pip_installs(definition, {}))
+    for name, value in defaults.items():
+        assert not any(c in value for c in "\"' "), f"{name}={value}: Apptainer keeps quotes and pastes the value as is"
+    torch = [r for r in requirements if r.name == "torch"]
+    assert [str(r) for r in torch] == [CPU_TORCH[1]]  # the same pin as the conda env's CPU build
+    assert f"--extra-index-url {defaults['TORCH_INDEX']}" == CPU_TORCH[0]
+    assert any(str(r) == "pyyaml" for r in requirements)
+
+
+def test_apptainer_documented_cuda_build_installs_valid_requirements():
+    """The --build-arg line the definition's comment gives for PyPI's CUDA build yields torch==2.13.0 from PyPI."""
+    definition = APPTAINER_DEF.read_text()
+    comments = " ".join(line.lstrip("# ") for line in _sections(definition)[""] if line.startswith("#"))
+    words = shlex.split(comments[comments.index("--build-arg"):].split(" and ")[0])
+    build_args = dict(w.split("=", 1) for w in words if w != "--build-arg")
+    assert set(build_args) <= set(_apptainer_defaults(definition))
+    installs = _pip_installs(definition, build_args)
+    assert [str(r) for r in _check_installs(installs) if r.name == "torch"] == ["torch==2.13.0"]
+    assert "https://pypi.org/simple" in _requirements(installs[0])[1]
+
+
 def test_container_definition_installs_the_pins():
-    """The Apptainer definition the Snakefile's container: directive points at installs envs/ilm.yaml's pins."""
-    definition = (REPO / "envs" / "Apptainer.def").read_text()
-    assert "envs/ilm.yaml" in definition and "pip install --no-cache-dir --no-deps /opt/ilm" in definition
+    """The image installs envs/ilm.yaml's pins and this package, and the Snakefile's container: names the image."""
+    post = "\n".join(_sections(APPTAINER_DEF.read_text())["post"])
+    assert "/opt/ilm/envs/ilm.yaml" in post and "pip install --no-cache-dir -r /tmp/pins.txt" in post
+    assert "pip install --no-cache-dir --no-deps /opt/ilm" in post
     assert 'container: os.path.join(workflow.basedir, "envs", "ilm.sif")' in (REPO / "Snakefile").read_text()
 
 

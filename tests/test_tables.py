@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from ilm.gcg_summary import summarise_shards
 from ilm.names import SPECIAL_TOKENS
 from ilm.stats import StatisticsConfig
 from ilm.tables import gcg_examples, gcg_summary, inverse_accuracy, table_module
-from ilm.tables.common import to_latex, to_markdown
+from ilm.tables.common import to_latex, to_markdown, write_table
 
 STEPS = 4
 
@@ -40,6 +41,39 @@ def write_eval_metrics(root: Path, variant: str, ce: float, acc: float) -> Path:
                for i, p in enumerate(("identity", "bert_like", "inv_first"))}
     (d / "inverse.json").write_text(json.dumps({**inverse, "meta": {}}))
     return d
+
+
+class _Cells(HTMLParser):
+    """The header and body cells of every <table> in an HTML page, as text (entities decoded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self.header, self.rows, self._cell = 0, [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables += 1
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = (tag, [])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1].append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            kind, parts = self._cell
+            (self.header if kind == "th" else self.rows[-1]).append("".join(parts).strip())
+            self._cell = None
+
+
+def html_cells(path: Path) -> _Cells:
+    cells = _Cells()
+    cells.feed(path.read_text())
+    cells.rows = [r for r in cells.rows if r]
+    return cells
 
 
 def test_forward_table_cells_are_the_metrics_in_paper_order(tmp_path):
@@ -235,6 +269,11 @@ def test_examples_table_decodes_escapes_and_ranks(tmp_path):
     assert "No successful attack among 1 samples" in tex
     assert tex.count(r"\begin{tabular}") == 1 and r"\toprule" in tex
     assert tex.count("{") == tex.count("}")  # braces balance: the file compiles as far as grouping goes
+    rows = html_cells(stem.with_suffix(".html")).rows  # the report's view: plain decoded text, escaped only as HTML
+    assert rows[3:6] == [["Baseline", "x", "a_b & 50%", "2.00"], ["Baseline", "x*", "<s> cat a_b", "1.00"],
+                         ["Baseline", "y", "dog runs", "–"]]  # sample 0, after sample 1 (loss 0.50)
+    assert rows[1][3] == "0.50" and rows[-1] == ["Inv-First", "", "No successful attack among 1 samples.", "–"]
+    assert rows[-1] == ["Inv-First", "", "No successful attack among 1 samples.", "–"]
 
 
 def test_figure_has_one_line_and_band_per_variant(tmp_path):
@@ -411,6 +450,9 @@ def test_inversion_examples_rank_by_judge_perplexity_and_escape(tmp_path):
     assert r"50\% of \textless{}s\textgreater{} \& \$5\_a" in tex
     assert r"one two three \dots" in tex and "four" not in tex
     assert r"\textbf{3.0}" in tex and r"\textbf{Identity}" in tex
+    rows = html_cells(tmp_path / "inversion_examples.html").rows
+    assert [r[1:] for r in rows[:3]] == [["x", "50% of <s> & $5_a", "9.0"], ["x̂", "rec #one {x}", "3.0"],
+                                         ["y", "one two three …", "–"]]
 
 
 def test_inversion_table_joins_the_judged_file_by_sample(tmp_path):
@@ -434,3 +476,45 @@ def test_inversion_table_joins_the_judged_file_by_sample(tmp_path):
     judged.assign(sample=[9, 5]).to_csv(d / "inversion_judged.csv", index=False)
     with pytest.raises(ValueError, match="does not judge exactly the samples"):
         inversion.write([d / "inversion.csv", d / "inversion_judged.csv"], tmp_path / "inversion", cfg)
+
+
+def test_html_table_rounds_each_column_for_a_reader(tmp_path):
+    """stem.html holds one <table>: rates to 0.1, a value and its interval to 2 significant digits of the half-width,
+    p-values to 2 significant digits, other numbers to 3; text escaped, an empty cell shown as –."""
+    df = pd.DataFrame({
+        "Model": ["<Base> & co", "Identity"],
+        "CE": [2.31042, 2.40311], "CE low": [2.2811, 2.3712], "CE high": [2.3399, 2.4391],  # half-widths 0.029, 0.034
+        "PPL": [10.0812, 11.0593],
+        "Success (%)": [75.0, 25.0], "Success 95% low": [30.06, 4.55], "Success 95% high": [95.44, 69.94],
+        "McNemar p": pd.array([pd.NA, 0.000123456], dtype="Float64"),
+        "KL": [0.0123456, 0.456789],
+        "Tokens": [1000000, 999],
+    })
+    write_table(df, tmp_path / "t", digits=3, caption="A caption with <angle> brackets")
+    text = (tmp_path / "t.html").read_text()
+    assert text.count("<table") == 1 and "&lt;angle&gt;" in text and "&lt;Base&gt; &amp; co" in text
+    cells = html_cells(tmp_path / "t.html")
+    assert cells.header == ["Model", "CE [interval]", "PPL", "Success (%) [95% interval]", "McNemar p", "KL", "Tokens"]
+    assert cells.rows == [
+        ["<Base> & co", "2.310 [2.281, 2.340]", "10.1", "75.0 [30.1, 95.4]", "–", "0.012", "1000000"],
+        ["Identity", "2.403 [2.371, 2.439]", "11.1", "25.0 [4.5, 69.9]", "0.00012", "0.457", "999"],
+    ]
+    assert pd.read_csv(tmp_path / "t.csv")["CE"].tolist() == [2.31042, 2.40311]  # the CSV keeps full precision
+
+
+def test_every_table_writer_also_writes_html(tmp_path):
+    """forward_quality through the CLI, and the mean ± std tables, each write a .html table with rounded cells."""
+    files = [write_eval_metrics(tmp_path, v, ce, acc) / "forward.json" for v, ce, acc in [("base", 1.5, 0.3)]]
+    main(["table", "forward_quality", "--inputs", *map(str, files), "--out-stem", str(tmp_path / "fq")])
+    cells = html_cells(tmp_path / "fq.html")
+    assert cells.tables == 1 and cells.header[:3] == ["Model", "CE [interval]", "PPL"]
+    # CE 1.5 in [1.4, 1.7]: half-width 0.15 gives 2 decimals; PPL e^1.5 = 4.48 to 3 digits; top-1 30 %.
+    assert cells.rows[0][:4] == ["Baseline", "1.50 [1.40, 1.70]", "4.48", "30.0"]
+
+    from ilm.tables import gcg_naturalness
+
+    inputs = [judged_attacks(tmp_path, "identity", [True, False, True, False], [100.0, 20.0, 300.0, 40.0])]
+    gcg_naturalness.write(inputs, tmp_path / "gcg_naturalness",
+                          validate_config({"judge": {"perplexity_model": "results/models/base"}}))
+    rows = html_cells(tmp_path / "gcg_naturalness.html").rows
+    assert rows[1][:4] == ["Identity", "success", "2", "200 ± 141"]  # std 141.4: 2 significant digits

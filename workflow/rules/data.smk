@@ -6,6 +6,9 @@ rule make_corpus:
         "logs/make_corpus.log",
     conda:
         CONDA_ENV
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         stories=config["corpus"]["stories"],
         seed=config["corpus"]["seed"],
@@ -45,10 +48,10 @@ rule prepare_data:
         "logs/prepare_data.log",
     conda:
         CONDA_ENV
-    threads: 8  # capped at --cores; profiles/slurm sets its own
+    threads: 8  # capped at --cores
     resources:
-        mem_mb=16000,
-        runtime=120,
+        mem_mb=32000,  # the BPE trainer holds TinyStoriesV2's 2.7 M stories in memory
+        runtime=180,  # < 1 CPU-h at paper scale (estimate)
     params:
         data_dir=lambda wildcards, output: os.path.dirname(output.stats),
         source=corpus_source(),

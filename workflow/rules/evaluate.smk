@@ -15,7 +15,7 @@ rule evaluate_model:
     resources:
         gpu=1,
         mem_mb=16000,
-        runtime=120,
+        runtime=240,  # 0.5-2 GPU-h per variant at paper scale (estimate); not resumable
     params:
         model_dir=model_dir,
         data_dir=input_dir("test"),

@@ -85,6 +85,11 @@ rule tabulate_gcg_naturalness:
         ),
         md=f"{RESULTS}/tables/gcg_naturalness.md",
         tex=f"{RESULTS}/tables/gcg_naturalness.tex",
+        html=report(
+            f"{RESULTS}/tables/gcg_naturalness.html",
+            caption="../report/gcg_naturalness.rst",
+            category="Robustness",
+        ),
     log:
         "logs/tables/gcg_naturalness.log",
     conda:

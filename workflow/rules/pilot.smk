@@ -120,6 +120,11 @@ rule tabulate_pag_pilot:
         ),
         md=f"{RESULTS}/tables/pag_pilot.md",
         tex=f"{RESULTS}/tables/pag_pilot.tex",
+        html=report(
+            f"{RESULTS}/tables/pag_pilot.html",
+            caption="../report/pag_pilot.rst",
+            category="Pilot",
+        ),
     log:
         "logs/tables/pag_pilot.log",
     conda:

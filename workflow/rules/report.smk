@@ -1,4 +1,5 @@
 # The paper's tables and figures, from small result files; each report() entry's category is its stage.
+# Each table's .html (rounded for a reader) is what `snakemake --report` shows inline; its CSV is the download.
 
 
 rule tabulate_setup:
@@ -18,6 +19,11 @@ rule tabulate_setup:
         ),
         md=f"{RESULTS}/tables/setup.md",
         tex=f"{RESULTS}/tables/setup.tex",
+        html=report(
+            f"{RESULTS}/tables/setup.html",
+            caption="../report/setup.rst",
+            category="Data",
+        ),
     log:
         "logs/tables/setup.log",
     conda:
@@ -31,12 +37,17 @@ rule tabulate_setup:
 
 
 rule tabulate_token_entropy:
-    # Entropy (bits) of the token at each window position over the training windows (CSV).
+    # Entropy (bits) of the token at each window position over the training windows (CSV, HTML).
     input:
         train=f"{DATA}/train.npy",
     output:
-        report(
+        csv=report(
             f"{RESULTS}/tables/token_entropy.csv",
+            caption="../report/token_entropy.rst",
+            category="Data",
+        ),
+        html=report(
+            f"{RESULTS}/tables/token_entropy.html",
             caption="../report/token_entropy.rst",
             category="Data",
         ),
@@ -107,6 +118,11 @@ rule tabulate_forward_quality:
         ),
         md=f"{RESULTS}/tables/forward_quality.md",
         tex=f"{RESULTS}/tables/forward_quality.tex",
+        html=report(
+            f"{RESULTS}/tables/forward_quality.html",
+            caption="../report/forward_quality.rst",
+            category="Forward quality",
+        ),
     log:
         "logs/tables/forward_quality.log",
     conda:
@@ -130,6 +146,11 @@ rule tabulate_inverse_accuracy:
         ),
         md=f"{RESULTS}/tables/inverse_accuracy.md",
         tex=f"{RESULTS}/tables/inverse_accuracy.tex",
+        html=report(
+            f"{RESULTS}/tables/inverse_accuracy.html",
+            caption="../report/inverse_accuracy.rst",
+            category="Inverse accuracy",
+        ),
     log:
         "logs/tables/inverse_accuracy.log",
     conda:
@@ -175,6 +196,11 @@ rule tabulate_gcg_summary:
         ),
         md=f"{RESULTS}/tables/gcg_summary.md",
         tex=f"{RESULTS}/tables/gcg_summary.tex",
+        html=report(
+            f"{RESULTS}/tables/gcg_summary.html",
+            caption="../report/gcg_summary.rst",
+            category="Robustness",
+        ),
     log:
         "logs/tables/gcg_summary.log",
     conda:
@@ -188,13 +214,18 @@ rule tabulate_gcg_summary:
 
 
 rule tabulate_gcg_examples:
-    # The lowest-loss successful attacks of each variant, decoded to text (LaTeX).
+    # The lowest-loss successful attacks of each variant, decoded to text (LaTeX, HTML).
     input:
         metrics=metric_files("gcg.csv"),
         tokenizer=f"{DATA}/tokenizer.json",
     output:
-        report(
+        tex=report(
             f"{RESULTS}/tables/gcg_examples.tex",
+            caption="../report/gcg_examples.rst",
+            category="Robustness",
+        ),
+        html=report(
+            f"{RESULTS}/tables/gcg_examples.html",
             caption="../report/gcg_examples.rst",
             category="Robustness",
         ),

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+import pandas as pd
+
 from ilm.io import write_text
 from ilm.names import order_variants, variant_name
-from ilm.tables.common import latex_escape, read_csvs
+from ilm.tables.common import latex_escape, read_csvs, write_html
 
 
 def _tex_text(text: str) -> str:
@@ -21,7 +23,7 @@ def _ids(text: str) -> list[int]:
 
 
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Optional[Path] = None) -> None:
-    """The `gcg.examples` lowest-loss successful attacks per variant, decoded; writes out_stem.tex."""
+    """The `gcg.examples` lowest-loss successful attacks per variant, decoded; writes out_stem.tex and .html."""
     from ilm.data import load_tokenizer
 
     if tokenizer is None:
@@ -31,14 +33,21 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
     per_sample = read_csvs(inputs, "per-sample GCG file")
     groups = {v: g for v, g in per_sample.groupby("variant")}
 
-    def decode(ids: str) -> str:
-        return _tex_text(tok.decode(_ids(ids), skip_special_tokens=False))
+    def text(ids: str) -> str:
+        return tok.decode(_ids(ids), skip_special_tokens=False)
 
+    def decode(ids: str) -> str:
+        return _tex_text(text(ids))
+
+    caption = (
+        f"The {n_examples} successful GCG attacks with the lowest target CE per model: original prefix "
+        "$x$, attack prefix $x^*$ and target $y$, with the target CE after each prefix."
+    )
+    shown = []  # the HTML version's rows
     lines = [
         r"\begin{table*}[t]",
         r"\centering",
-        rf"\caption{{The {n_examples} successful GCG attacks with the lowest target CE per model: original prefix "
-        r"$x$, attack prefix $x^*$ and target $y$, with the target CE after each prefix.}",
+        rf"\caption{{{caption}}}",
         r"\label{tab:gcg-examples}",
         r"\small",
         r"\begin{tabular}{@{}l p{0.75\linewidth} r@{}}",
@@ -51,6 +60,7 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
         lines += [r"\midrule", rf"\multicolumn{{3}}{{@{{}}l}}{{\textbf{{{latex_escape(variant_name(variant))}}}}} \\"]
         if best.empty:
             lines.append(rf"\multicolumn{{3}}{{@{{}}l}}{{\emph{{No successful attack among {len(g)} samples.}}}} \\")
+            shown.append((variant_name(variant), "", f"No successful attack among {len(g)} samples.", float("nan")))
             continue
         for i, row in enumerate(best.itertuples(index=False)):
             if i:
@@ -60,5 +70,10 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
                 rf"$x^*$ & {decode(row.attack_ids)} & \textbf{{{row.attack_loss:.3f}}} \\",
                 rf"$y$ & {decode(row.target_ids)} & \\",
             ]
+            shown += [(variant_name(variant), "x", text(row.prefix_ids), row.orig_loss),
+                      (variant_name(variant), "x*", text(row.attack_ids), row.attack_loss),
+                      (variant_name(variant), "y", text(row.target_ids), float("nan"))]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
     write_text(Path(out_stem).with_suffix(".tex"), "\n".join(lines) + "\n")
+    html_caption = caption.replace("$x^*$", "x*").replace("$", "")
+    write_html(pd.DataFrame(shown, columns=["Model", "", "Text", "Target CE"]), out_stem, html_caption, wrap=["Text"])

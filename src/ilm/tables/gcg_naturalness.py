@@ -17,7 +17,7 @@ import pandas as pd
 from ilm.io import write_text
 from ilm.judges import judges_named
 from ilm.names import order_variants, variant_name
-from ilm.tables.common import latex_escape, to_markdown
+from ilm.tables.common import latex_escape, to_markdown, write_html
 
 # (column of gcg_judged.csv, name in the table)
 METRICS = (
@@ -80,7 +80,7 @@ def caption(table: pd.DataFrame, config: Mapping) -> str:
 
 
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Optional[Path] = None) -> None:
-    """results/tables/gcg_naturalness.{csv,md,tex}."""
+    """results/tables/gcg_naturalness.{csv,md,tex,html}."""
     table = build(read_judged(inputs))
     shown = pm(table)
     stem = Path(out_stem)
@@ -96,3 +96,4 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
         lines.append(" & ".join(latex_escape(str(v)).replace("±", r"$\pm$") for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
     write_text(stem.with_suffix(".tex"), "\n".join(lines) + "\n")
+    write_html(table, stem, caption(table, config))

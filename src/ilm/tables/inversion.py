@@ -16,7 +16,7 @@ import pandas as pd
 from ilm.io import write_text
 from ilm.judges import judges_named
 from ilm.names import BIGRAM, order_variants, variant_name
-from ilm.tables.common import latex_escape, to_markdown, variant_of
+from ilm.tables.common import latex_escape, to_markdown, variant_of, write_html
 
 JUDGED = "inversion_judged.csv"
 # Reconstructions that have a judge perplexity (the rest decode to an empty text).
@@ -128,7 +128,7 @@ def read_frames(inputs: Sequence[Path]) -> dict[str, pd.DataFrame]:
 
 
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=None) -> None:
-    """results/tables/inversion.{csv,md,tex}."""
+    """results/tables/inversion.{csv,md,tex,html}."""
     table = build(read_frames(inputs))
     stem = Path(out_stem)
     shown = pm(table)
@@ -143,3 +143,4 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=Non
         lines.append(" & ".join(latex_escape(str(v)).replace("±", r"$\pm$") for v in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}"]
     write_text(stem.with_suffix(".tex"), "\n".join(lines) + "\n")
+    write_html(table, stem, text)

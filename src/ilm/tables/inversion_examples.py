@@ -16,7 +16,7 @@ import pandas as pd
 from ilm.io import write_text
 from ilm.judged import INVERSION_TEXTS
 from ilm.judges import first_words, judges_named
-from ilm.tables.common import latex_escape, variant_of
+from ilm.tables.common import latex_escape, variant_of, write_html
 from ilm.tables.gcg_examples import _tex_text
 from ilm.tables.inversion import method_name, order_methods
 
@@ -39,7 +39,7 @@ def most_fluent(frame: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Optional[Path] = None) -> None:
-    """results/tables/inversion_examples.tex."""
+    """results/tables/inversion_examples.tex and .html."""
     frames = read_judged(inputs)
     n, words = int(config["invert"]["examples"]), int(config["invert"]["example_words"])
     caption = (
@@ -47,6 +47,7 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
         f"({judges_named(config)}): original prefix $x$, reconstruction $\\hat{{x}}$ and the first {words} "
         "words of the true suffix $y$, with the judge perplexity of each prefix."
     )
+    shown = []  # the HTML version's rows
     lines = [r"\begin{table*}[t]", r"\centering", rf"\caption{{{caption}}}", r"\label{tab:inversion-examples}",
              r"\small", r"\begin{tabular}{@{}l p{0.75\linewidth} r@{}}", r"\toprule", r" & Text & Judge PPL \\"]
     for method in order_methods(frames):
@@ -61,5 +62,10 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
                 rf"\textbf{{{row.judge_ppl_prefix_reconstruction:.1f}}} \\",
                 rf"$y$ & {_tex_text(first_words(str(row.suffix_text), words))} \dots & \\",
             ]
+            shown += [(method_name(method), "x", str(row.prefix_text), row.judge_ppl_prefix_original),
+                      (method_name(method), "x̂", str(row.reconstruction_text), row.judge_ppl_prefix_reconstruction),
+                      (method_name(method), "y", first_words(str(row.suffix_text), words) + " …", float("nan"))]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
     write_text(Path(out_stem).with_suffix(".tex"), "\n".join(lines) + "\n")
+    html_caption = caption.replace("$\\hat{x}$", "x̂").replace("$", "")
+    write_html(pd.DataFrame(shown, columns=["Method", "", "Text", "Judge PPL"]), out_stem, html_caption, wrap=["Text"])

@@ -1,8 +1,8 @@
 """Table `token_entropy` (rule tabulate_token_entropy; docs/method.md §8 E4): token entropy per window position.
 
 For each position t of the training windows, the Shannon entropy (bits) of the empirical
-distribution of the token at t over all windows. The CSV holds the numbers figure
-`token_entropy` draws, so they can be checked; a 256-row LaTeX table would serve no one.
+distribution of the token at t over all windows. The CSV (and its HTML view in the report) holds the
+numbers figure `token_entropy` draws, so they can be checked; a 256-row LaTeX table would serve no one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pandas as pd
 
 from ilm.data import load_split
 from ilm.io import write_text
+from ilm.tables.common import write_html
 
 # Windows per bincount pass: bounds the int64 copy to ~64 MiB at T=256 on the memory-mapped split.
 CHUNK_WINDOWS = 32768
@@ -59,4 +60,6 @@ def build(train_npy: Path) -> pd.DataFrame:
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=None) -> None:
     if len(inputs) != 1:
         raise ValueError(f"table token_entropy reads one split file (results/data/train.npy), got {len(inputs)}")
-    write_text(Path(out_stem).with_suffix(".csv"), build(inputs[0]).to_csv(index=False))
+    table = build(inputs[0])
+    write_text(Path(out_stem).with_suffix(".csv"), table.to_csv(index=False))
+    write_html(table, out_stem, "Shannon entropy (bits) of the token at each window position over the training windows")
