@@ -20,7 +20,7 @@ SITE = {"ILM_SLURM_ACCOUNT": "proj", "ILM_SLURM_PARTITION": "cpu", "ILM_SLURM_GP
 GPU_SITE_VALUES = {"slurm_partition": "gpu", "gpu_model": "a100"}
 # Submitted rules that still lean on the profile's fallback runtime (workflow/rules/invert.smk to
 # declare runtime=30 and runtime=60); empty this set once they do.
-NO_RUNTIME_YET = {"count_bigrams", "summarise_inversion"}
+NO_RUNTIME_YET: set[str] = set()
 
 
 @pytest.fixture(scope="module")

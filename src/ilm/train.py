@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
-import hashlib
 import io
 import json
 import logging
@@ -41,7 +40,8 @@ from ilm.config import ConfigSection
 from ilm.data import TOKENIZER_FILE, hf_tokenizer, load_split, read_tokenizer, save_hf_tokenizer
 from ilm.io import atomic_path, fingerprints, provenance
 from ilm.model import build_model, count_parameters, numerics, resolve_device, use_attention
-from ilm.names import parse_variant, variant_name
+from ilm.model_card import build_model_card
+from ilm.names import parse_variant
 from ilm.objectives import ObjectiveConfig, compute_objective
 
 logger = logging.getLogger("ilm.train")
@@ -502,63 +502,11 @@ def write_model(
             save_hf_tokenizer(tokenizer, tmp)
         (tmp / "train_log.csv").write_text(_log_csv(run.progress.log_rows))
         (tmp / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-        (tmp / "README.md").write_text(model_card(run_config, run.progress, out_dir))
+        build_model_card(run_config, run.progress, out_dir).save(tmp / "README.md")
     logger.info(
         "wrote %s: best model from step %d (val loss %.4f) after %d steps",
         out_dir, run.progress.best_step, run.progress.best_val_loss, run.progress.step,
     )
-
-
-def model_card(run_config: Mapping, progress: Progress, out_dir: Path) -> str:
-    """A short Hugging Face model card: what the model is, how it was trained, and how to load it."""
-    cfg, variant = run_config["config"], run_config["variant"]
-    protocol, gradient_only = parse_variant(variant)
-    objective = cfg["objective"]
-    best = next((r for r in progress.log_rows if r["step"] == progress.best_step), {})
-    inverse = (
-        "none (forward next-token CE only)" if protocol is None else
-        f"{variant_name(protocol)} protocol, projecting {'g' if gradient_only else 'x - g'}; "
-        f"lambda_ce {objective['lambda_ce']}, lambda_inv {objective['lambda_inv']}, "
-        f"g = d(sum CE)/dx / {objective['grad_scale_tokens']}"
-    )
-    config_hash = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
-    inputs = run_config.get("inputs_sha256", {})
-    rows = [
-        ("Variant", f"{variant_name(variant)} (`{variant}`)"),
-        ("Inverse objective", inverse),
-        ("Parameters", f"{run_config['parameters']:,}"),
-        ("Data", f"`{cfg['data']['source']}`, windows of {cfg['data']['window']} tokens, split by "
-                 f"{cfg['data']['split_unit']}; train.npy sha256 {inputs.get('train.npy', '?')[:12]}"),
-        ("Training", f"{run_config['steps']} steps ({run_config['epochs_completed']} epochs) of "
-                     f"{run_config['batch_size']} windows, lr {cfg['train']['lr']}, seed {cfg['train']['seed']}"),
-        ("Selected", f"step {progress.best_step}: validation loss {progress.best_val_loss:.4f}"
-                     + (f", validation CE {best['val_ce']:.4f}" if best.get("val_ce") is not None else "")),
-        ("Config hash", f"sha256 {config_hash[:16]} (of the `config` in run_config.json)"),
-        ("Code", f"ilm {run_config['ilm_version']}, commit {run_config.get('git_commit') or 'unknown'}"),
-    ]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-tags: [inverse-language-modeling, ilm, llama]
----
-
-# ILM {variant_name(variant)}
-
-A small Llama trained from scratch by the reference reproduction of *Inverse Language Modeling towards
-Robust and Grounded LLMs* (arXiv 2510.01929). Test metrics are in `results/metrics/{variant}/`.
-
-| | |
-|---|---|
-{table}
-
-```python
-from transformers import pipeline
-
-generate = pipeline("text-generation", model="{out_dir}")
-print(generate("Once upon a time", max_new_tokens=20, do_sample=False)[0]["generated_text"])
-```
-"""
 
 
 # --- the loop ----------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_c
             assert "--gpus=1" in call.split() and job.tres_per_job == "gres:gpu:1", call
         else:
             assert "--gpus" not in call and "gpu" not in job.tres_per_job, call
-    # The profile's paper-scale requests reach sbatch (runtimes in minutes, attempt 1).
+    # The rules' paper-scale requests reach sbatch (runtimes in minutes, attempt 1).
     train_call = calls["rule_train_model_wildcards_base"][0].split()
     assert train_call[train_call.index("-t") + 1] == "1440" and train_call[train_call.index("--mem") + 1] == "32000"
     print("\nsbatch, GPU job:", calls["rule_train_model_wildcards_base"][0])

@@ -19,6 +19,11 @@ rule tabulate_claims:
         ),
         md=f"{RESULTS}/tables/claims.md",
         tex=f"{RESULTS}/tables/claims.tex",
+        html=report(
+            f"{RESULTS}/tables/claims.html",
+            caption="../report/claims.rst",
+            category="1. Claims",
+        ),
     log:
         "logs/tables/claims.log",
     conda:
@@ -45,6 +50,11 @@ rule tabulate_gcg_robustness:
         ),
         md=f"{RESULTS}/tables/gcg_robustness.md",
         tex=f"{RESULTS}/tables/gcg_robustness.tex",
+        html=report(
+            f"{RESULTS}/tables/gcg_robustness.html",
+            caption="../report/gcg_robustness.rst",
+            category="Robustness",
+        ),
         models=report(
             f"{RESULTS}/tables/gcg_robustness_models.csv",
             caption="../report/gcg_robustness.rst",
@@ -52,6 +62,11 @@ rule tabulate_gcg_robustness:
         ),
         models_md=f"{RESULTS}/tables/gcg_robustness_models.md",
         models_tex=f"{RESULTS}/tables/gcg_robustness_models.tex",
+        models_html=report(
+            f"{RESULTS}/tables/gcg_robustness_models.html",
+            caption="../report/gcg_robustness.rst",
+            category="Robustness",
+        ),
     log:
         "logs/tables/gcg_robustness.log",
     conda:
@@ -126,6 +141,12 @@ rule tabulate_seed_claims:
         ),
         md=f"{RESULTS}/studies/{{study}}/claims.md",
         tex=f"{RESULTS}/studies/{{study}}/claims.tex",
+        html=report(
+            f"{RESULTS}/studies/{{study}}/claims.html",
+            caption="../report/claims.rst",
+            category="1. Claims",
+            subcategory="{study}",
+        ),
     log:
         "logs/studies/{study}/claims.log",
     conda:

@@ -10,6 +10,7 @@ rule count_bigrams:
         CONDA_ENV
     resources:
         mem_mb=8000,
+        runtime=30,
     params:
         data_dir=input_dir("train"),
         config=config_file("count_bigrams"),
@@ -81,6 +82,7 @@ rule summarise_inversion:
     threads: 2
     resources:
         mem_mb=8000,
+        runtime=60,
     params:
         model_dir=model_dir,
         data_dir=DATA,
@@ -104,6 +106,11 @@ rule tabulate_inversion:
         ),
         md=f"{RESULTS}/tables/inversion.md",
         tex=f"{RESULTS}/tables/inversion.tex",
+        html=report(
+            f"{RESULTS}/tables/inversion.html",
+            caption="../report/inversion.rst",
+            category="Grounding",
+        ),
     log:
         "logs/tables/inversion.log",
     conda:
@@ -123,6 +130,11 @@ rule tabulate_inversion_examples:
     output:
         report(
             f"{RESULTS}/tables/inversion_examples.tex",
+            caption="../report/inversion_examples.rst",
+            category="Grounding",
+        ),
+        report(
+            f"{RESULTS}/tables/inversion_examples.html",
             caption="../report/inversion_examples.rst",
             category="Grounding",
         ),

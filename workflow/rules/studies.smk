@@ -74,6 +74,12 @@ rule summarise_study:
         ),
         md=f"{RESULTS}/studies/{{study}}/study.md",
         tex=f"{RESULTS}/studies/{{study}}/study.tex",
+        html=report(
+            f"{RESULTS}/studies/{{study}}/study.html",
+            caption="../report/study.rst",
+            category="Studies",
+            subcategory="{study}",
+        ),
         pdf=f"{RESULTS}/studies/{{study}}/study.pdf",
         png=report(
             f"{RESULTS}/studies/{{study}}/study.png",
