@@ -299,3 +299,19 @@ def test_analyse_pair_reports_the_planted_numbers():
     assert result.drop_rate_difference.high < 0  # the variant's loss falls more slowly
     bar = pair(records(rng, 0.2, orig=3.0), records(rng, 0.2))
     assert bar.rmst_difference.low > 0 and bar.adjusted_difference.low < 0 < bar.adjusted_difference.high
+
+
+def test_delay_by_budget_is_the_restricted_mean_up_to_each_budget():
+    """rmst_by_budget[j] = mean over windows of min(T_v, s_j) - min(T_b, s_j) (plain loop); the last equals the
+    whole-run difference when the last budget is the attack's length; a planted delay grows with the budget."""
+    rng = np.random.default_rng(5)
+    base, variant = records(rng, 0.2), records(rng, 0.08)
+    result = pair(variant, base)
+    tv, _ = time_to_success(variant.trajectory, variant.orig_loss)
+    tb, _ = time_to_success(base.trajectory, base.orig_loss)
+    for s, est in zip(BUDGETS, result.rmst_by_budget):
+        expected = sum(min(a, s) - min(b, s) for a, b in zip(tv.tolist(), tb.tolist())) / len(tv)
+        assert est.estimate == pytest.approx(expected, abs=1e-12) and est.low <= est.estimate <= est.high
+    assert result.rmst_by_budget[-1] == result.rmst_difference
+    estimates = [e.estimate for e in result.rmst_by_budget]
+    assert estimates[0] < estimates[-1] and estimates == sorted(estimates)

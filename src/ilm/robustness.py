@@ -361,6 +361,7 @@ class PairAnalysis:
     stories: int  # distinct clusters: the bootstrap's resampling units
     budget: int  # the attack's steps: horizon of the restricted mean
     rmst_difference: Estimate  # mean paired min(T, budget), variant - base; > 0: harder to attack
+    rmst_by_budget: tuple[Estimate, ...]  # (B,) the same difference restricted to each budget: does a delay saturate?
     adjusted_difference: Optional[Estimate]  # the same at equal original loss; None if that difference is constant
     drop_rate_difference: Estimate  # paired loss drop per step over the budget, variant - base
     budgets: np.ndarray  # (B,) budgets of the success comparison
@@ -404,6 +405,7 @@ def analyse_pair(variant: AttackRecords, base: AttackRecords, clusters: npt.Arra
     boot = {"confidence": confidence, "resamples": resamples, "seed": seed}
     (tv, ev), (tb, eb) = criterion_times(variant, criterion, drop), criterion_times(base, criterion, drop)
     rmst = paired_rmst_difference(tv, tb, steps, labels, **boot)
+    by_budget = tuple(paired_rmst_difference(tv, tb, int(s), labels, **boot) for s in b)
     diff = (np.minimum(tv, steps) - np.minimum(tb, steps)).astype(np.float64)  # (n,) as in rmst
     adjusted = _optional_adjusted(diff, variant.orig_loss - base.orig_loss, labels, boot)
     rates = loss_drop_per_step(variant.trajectory, variant.init_loss, steps) - \
@@ -416,7 +418,7 @@ def analyse_pair(variant: AttackRecords, base: AttackRecords, clusters: npt.Arra
     primary_p = float(p_holm[np.searchsorted(b, primary)])
     return PairAnalysis(
         criterion=criterion, n=int(labels.size), stories=int(np.unique(labels).size), budget=steps,
-        rmst_difference=rmst, adjusted_difference=adjusted, drop_rate_difference=drop_rate, budgets=b,
+        rmst_difference=rmst, rmst_by_budget=by_budget, adjusted_difference=adjusted, drop_rate_difference=drop_rate, budgets=b,
         success_rate_variant=sv.mean(axis=0), success_rate_base=sb.mean(axis=0), base_only=base_only,
         variant_only=variant_only, p=p, p_holm=p_holm, primary_budget=primary, primary_p_holm=primary_p,
         verdict=effect_verdict(rmst.low, rmst.high, primary_p, alpha),

@@ -3,8 +3,9 @@
 For each variant against the Baseline on the same windows, and for each attack (gradient GCG,
 the uniform random search, and gradient GCG under the fluency-independent criterion), one row per
 budget of gcg.iterations: both success rates, the discordant pairs (Baseline only, variant only),
-the exact McNemar p and its Holm adjustment across budgets and variants. Rows of the primary
-budget are marked. Then, per model: the gradient diagnostic (mean rank correlation between the
+the exact McNemar p and its Holm adjustment across budgets and variants, and the delay: the paired
+difference of restricted mean time to success up to that budget (steps; a delay that stops growing
+with the budget has saturated). Rows of the primary budget are marked. Then, per model: the gradient diagnostic (mean rank correlation between the
 actual loss change of uniformly drawn candidates and its first-order prediction from the
 gradient) and the transfer success matrix (rows: the model attacked to find the prefix; columns:
 the model scored). The numbers come from ilm.tables.claims' analysis, so the two tables agree.
@@ -45,7 +46,9 @@ def budget_rows(analyses: Mapping[str, Mapping[str, rb.PairAnalysis]]) -> list[d
                     "Baseline success (%)": 100 * float(a.success_rate_base[j]),
                     "Variant success (%)": 100 * float(a.success_rate_variant[j]),
                     "Baseline only": int(a.base_only[j]), "Variant only": int(a.variant_only[j]),
-                    "p": float(a.p[j]), "p (Holm)": float(adjusted[i, j]), "n": a.n,
+                    "p": float(a.p[j]), "p (Holm)": float(adjusted[i, j]),
+                    "Delay up to budget (steps)": a.rmst_by_budget[j].estimate,
+                    "Delay low": a.rmst_by_budget[j].low, "Delay high": a.rmst_by_budget[j].high, "n": a.n,
                 })
     return rows
 
