@@ -10,7 +10,7 @@ min_version("8.20")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-# The image of every rule under --sdm apptainer (build it from envs/Apptainer.def; README "Set-up").
+# The image of every rule under --sdm apptainer (build it from envs/Apptainer.def; docs/environments.md).
 container: os.path.join(workflow.basedir, "envs", "ilm.sif")
 
 

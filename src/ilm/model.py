@@ -94,7 +94,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-# Environment variables that pin the CPU kernels' code paths (README "Reproducibility").
+# Environment variables that pin the CPU kernels' code paths (docs/troubleshooting.md).
 NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
 
 
