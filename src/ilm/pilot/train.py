@@ -132,7 +132,7 @@ def _validation_loss(variant, model, x, y, cfg, bank, seed) -> float:
     for start in range(0, len(x), cfg.batch_size):
         xb, yb = x[start : start + cfg.batch_size], y[start : start + cfg.batch_size]
         loss, _ = variant_loss(variant, model, xb, yb, cfg, bank, gen)
-        total += float(loss) * len(xb)
+        total += float(loss.detach()) * len(xb)  # the PAG term keeps a graph: detach before float
         n += len(xb)
     model.train()
     return total / n
@@ -159,7 +159,7 @@ def train_variant(variant: str, embeddings: torch.Tensor, labels: torch.Tensor, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums["loss"] += float(loss) * len(idx)
+            sums["loss"] += float(loss.detach()) * len(idx)  # float() of a tensor needing grad warns
             sums["ce"] += parts["ce"] * len(idx)
             sums["pag"] += parts["pag"] * len(idx)
         val = _validation_loss(variant, model, x_va, y_va, cfg, bank, cfg.seed + 2)
