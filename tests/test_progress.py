@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
+import numpy as np
 import pytest
 
+import ilm.progress
 from ilm.progress import PROGRESS_EVERY_S, Progress, clock_text, human
+from tiny import save_tiny_model, tiny_config, write_splits
 
 LINE = re.compile(
     r"^(?P<what>[^|]+) \| (?P<unit>\S+) (?P<done>\d+)/(?P<total>\d+) \(\d+\.\d%\)( \| [^|]+)* \| "
@@ -104,3 +108,87 @@ def test_the_interval_is_no_setting_of_any_stage():
         return set()
 
     assert not any("progress" in key or "every_s" in key for key in keys(load_config(None)))
+
+
+# --- no carriage-return frames: every stage with stderr going to a file -------------------------------------
+# Each helper sets a stage up and returns the call that runs it, so only the stage's own output is checked.
+
+
+def _train(tmp_path):
+    from ilm.train import train
+
+    data = write_splits(tmp_path / "data")
+    return lambda: train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config())
+
+
+def _evaluate(tmp_path):
+    from ilm.evaluate import evaluate
+
+    model, data = save_tiny_model(tmp_path / "model"), write_splits(tmp_path / "data")
+    return lambda: evaluate(model, data, "identity", tmp_path / "forward.json", tmp_path / "inverse.json",
+                            tiny_config())
+
+
+def _gcg(tmp_path):
+    from ilm.attack import attack_shard
+
+    model, data = save_tiny_model(tmp_path / "model"), write_splits(tmp_path / "data")
+    return lambda: attack_shard(model, data, 0, tmp_path / "shard0.jsonl", tiny_config())
+
+
+def _invert(tmp_path):
+    from ilm.invert import invert_shard, write_bigram_counts
+
+    model, data, config = save_tiny_model(tmp_path / "model"), write_splits(tmp_path / "data"), tiny_config()
+    write_bigram_counts(data, tmp_path / "bigram.npy", config)
+    return lambda: invert_shard(model, data, tmp_path / "bigram.npy", "identity", 0, tmp_path / "shard0.jsonl", config)
+
+
+def _pilot(tmp_path):
+    import torch
+
+    from ilm.pilot.config import PilotConfig
+    from ilm.pilot.train import train_variant
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g), torch.arange(40) % 2
+    cfg = PilotConfig.from_dict({"epochs": 2, "batch_size": 8})
+    return lambda: train_variant("pag_identity", x, y, 2, cfg, "cpu")
+
+
+@pytest.fixture
+def quiet_transformers():
+    """As the CLI's stage commands do: transformers' own weight-loading bars off (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    from ilm.commands import quiet_transformers
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    quiet_transformers()
+    yield
+    if enabled:
+        hf_logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize("stage", [_train, _evaluate, _gcg, _invert, _pilot], ids=lambda f: f.__name__[1:])
+def test_stage_logs_progress_lines_and_no_carriage_returns(
+    stage, tmp_path, capfd, monkeypatch, caplog, quiet_transformers
+):
+    """With stderr a file (as under a rule's `> {log} 2>&1`), a stage writes progress lines and no '\\r' at all."""
+    run = stage(tmp_path)
+    capfd.readouterr()
+    monkeypatch.setattr(ilm.progress, "PROGRESS_EVERY_S", 0.0)  # a line at every update
+    caplog.set_level(logging.INFO, logger="ilm")
+    handler = logging.StreamHandler(sys.stderr)  # what the CLI's basicConfig sets up
+    logging.getLogger("ilm").addHandler(handler)
+    try:
+        run()
+    finally:
+        logging.getLogger("ilm").removeHandler(handler)
+    out, err = capfd.readouterr()
+    assert "\r" not in out + err
+    progress = [line for line in err.splitlines() if LINE.match(line)]
+    assert len(progress) >= 2, err
+    done, total = LINE.match(progress[-1]).group("done", "total")
+    assert done == total and progress[-1].endswith("ETA 0:00:00")
+    assert np.all(np.diff([int(LINE.match(line)["done"]) for line in progress]) >= 0)
