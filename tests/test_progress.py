@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -96,6 +97,17 @@ def test_unknown_rate_and_clock_text(reporter):
     assert make(10).line().endswith("| ETA ?")
     assert clock_text(0) == "0:00:00" and clock_text(3725.4) == "1:02:05" and clock_text(90061) == "25:01:01"
     assert human(0.0123) == "0.0123" and human(950) == "950" and human(12_345) == "12.3k" and human(2.5e9) == "2.5G"
+
+
+def test_hub_and_datasets_bars_are_off_when_stderr_is_no_terminal(monkeypatch):
+    """quiet_progress_bars sets both libraries' switches when stderr is a file, and keeps a value the user set."""
+    from ilm.commands import quiet_progress_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "0")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    quiet_progress_bars()
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "0"
 
 
 def test_the_interval_is_no_setting_of_any_stage():
