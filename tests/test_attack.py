@@ -171,9 +171,9 @@ def test_killed_shard_resumes_without_redoing_samples(model_and_data, tmp_path, 
     seen: list[int] = []
     real_run = ilm.gcg.run
 
-    def recording_run(model, prefix_ids, target_ids, config, sample_seeds):
+    def recording_run(model, prefix_ids, target_ids, config, sample_seeds, **kwargs):
         seen.extend(int(s) for s in sample_seeds)
-        return real_run(model, prefix_ids, target_ids, config, sample_seeds)
+        return real_run(model, prefix_ids, target_ids, config, sample_seeds, **kwargs)
 
     monkeypatch.setattr(ilm.gcg, "run", recording_run)
     attack_shard(model_dir, data_dir, 0, out, cfg)
@@ -211,9 +211,9 @@ def test_partial_from_another_sampler_is_not_resumed(model_and_data, tmp_path, m
         meta_path(out).write_text(json.dumps(meta))
         seen: list[int] = []
 
-        def recording_run(model, prefix_ids, target_ids, config, sample_seeds):
+        def recording_run(model, prefix_ids, target_ids, config, sample_seeds, **kwargs):
             seen.extend(int(s) for s in sample_seeds)
-            return real_run(model, prefix_ids, target_ids, config, sample_seeds)
+            return real_run(model, prefix_ids, target_ids, config, sample_seeds, **kwargs)
 
         monkeypatch.setattr(ilm.gcg, "run", recording_run)
         attack_shard(model_dir, data_dir, 0, out, cfg)

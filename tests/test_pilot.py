@@ -2,6 +2,7 @@
 accuracies as rates with Wilson intervals, the validation split and the generated texts."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ilm.pilot.attacks import accuracy, art_classifier, fgsm, hand_fgsm, image_shape, rate, sweep_alphas, to_images
-from ilm.pilot.config import PilotConfig
+from ilm.pilot.config import PILOT_VARIANTS, PilotConfig
 from ilm.pilot.data import generated_texts
 from ilm.pilot.train import ClassBank, PilotMLP, split_validation, train_variant, variant_loss
 from ilm.stats import wilson_interval
@@ -45,12 +46,12 @@ def test_pag_losses_match_a_hand_computation():
     ce = float(F.cross_entropy(model(x), y).detach())
 
     loss, parts = variant_loss("baseline", model, x, y, cfg, bank, torch.Generator().manual_seed(0))
-    assert float(loss) == pytest.approx(ce, rel=1e-12) and parts["pag"] == 0
+    assert float(loss.detach()) == pytest.approx(ce, rel=1e-12) and parts["pag"] == 0
 
     g = _grad(model, x, y)
     identity = 1 - np.mean([_cos(g[i], x[i]) for i in range(B)])
     loss, _ = variant_loss("pag_identity", model, x, y, cfg, bank, torch.Generator().manual_seed(0))
-    assert float(loss) == pytest.approx(0.5 * ce + 2.5 * identity, rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(0.5 * ce + 2.5 * identity, rel=1e-10)
 
     for variant, per_sample in (("pag_score_similar_samples", True), ("pag_score_similar_features", False)):
         gen = torch.Generator().manual_seed(3)
@@ -68,7 +69,7 @@ def test_pag_losses_match_a_hand_computation():
                 rows_t = torch.cat([r[a] - x for a in range(K)])
                 terms.append(np.mean([1 - _cos(rows_g[:, j], rows_t[:, j]) for j in range(D)]))
         expected = 0.5 * ce + 2.5 * sum(terms) / C
-        assert float(loss) == pytest.approx(expected, rel=1e-10), variant
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-10), variant
 
 
 def test_pag_term_trains_the_weights():
@@ -136,6 +137,22 @@ def test_training_is_deterministic_and_learns_a_separable_task():
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
     assert max(h["val_acc"] for h in hist) > 0.8
+
+
+@pytest.mark.parametrize("variant", PILOT_VARIANTS)
+def test_one_training_epoch_raises_no_user_warning(variant):
+    """A tiny epoch of each variant, validation included, raises no UserWarning (torch's warn-once made always)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=g), torch.arange(40) % 2
+    cfg = PilotConfig.from_dict({"epochs": 1, "batch_size": 8, "samples_per_class": 2, "hidden_sizes": [8]})
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch warns once per process: an earlier test must not use the warning up
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            train_variant(variant, x, y, 2, cfg, "cpu")
+    finally:
+        torch.set_warn_always(always)
 
 
 def test_generated_texts_are_balanced_and_seeded():

@@ -22,6 +22,7 @@ import numpy as np
 
 from ilm import faults
 from ilm.io import file_sha256, model_fingerprint
+from ilm.progress import Progress
 from ilm.shards import Stage, check_records, open_shard, read_plan, shard_samples, stage_samples, write_plan
 
 log = logging.getLogger("ilm.attack")
@@ -195,12 +196,15 @@ def _attack_batches(
     kill_after = faults.gcg_stop_after_batches()
     batch_size = int(gcg["batch_samples"])
     n_batches = (len(todo) + batch_size - 1) // batch_size
+    # Counted in sample-steps, so a line comes every 30 s even when one batch takes minutes.
+    progress = Progress(n_mine * gcfg.steps, f"gcg shard {shard}", unit="sample-step", done=n_done * gcfg.steps,
+                        log=log)
     for b in range(n_batches):
         batch = todo[b * batch_size : (b + 1) * batch_size]
         rows = np.asarray(windows[batch]).astype(np.int64)  # (S, window)
         prefix, target = rows[:, :P], rows[:, P : P + L]
         started = time.perf_counter()
-        results = gcg_attack.run(model, prefix, target, gcfg, sample_seeds=batch)
+        results = gcg_attack.run(model, prefix, target, gcfg, sample_seeds=batch, progress=progress)
         seconds = time.perf_counter() - started
         writer.append([to_record(s, fingerprint, p, t, r) for s, p, t, r in zip(batch, prefix, target, results)])
         log.info(
@@ -211,3 +215,4 @@ def _attack_batches(
         if kill_after is not None and b + 1 >= kill_after:
             log.warning("%s=%d: stopping after %d batches", faults.GCG_STOP_AFTER_BATCHES, kill_after, b + 1)
             faults.simulate_kill()
+    progress.close()

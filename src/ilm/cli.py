@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ilm import logger
-from ilm.commands import add_config_args, quiet_transformers, stage_config
+from ilm.commands import add_config_args, quiet_progress_bars, quiet_transformers, stage_config
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -379,6 +379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s | %(message)s",
         datefmt="%H:%M:%S",
     )
+    quiet_progress_bars()
     if args.threads is not None:
         import torch
 

@@ -7,6 +7,8 @@ another's command module back.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 
@@ -21,6 +23,16 @@ def stage_config(args: argparse.Namespace, stage: str) -> dict:
     from ilm.config import load_config, parse_config_json
 
     return load_config(args.config, parse_config_json(args.config_json), stage=stage)
+
+
+def quiet_progress_bars() -> None:
+    """Turn the Hub's and datasets' tqdm bars off when stderr is no terminal: they put \\r frames in job logs.
+
+    Call before huggingface_hub or datasets is imported (both read these once); a value the user set stays.
+    """
+    if not sys.stderr.isatty():
+        for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(var, "1")
 
 
 def quiet_transformers() -> None:

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm import tqdm
 
 from ilm.download import is_hub_id, read_download_record
 from ilm.io import fingerprints, provenance, remove_path, settle, temp_sibling, write_json
 from ilm.names import EOT_MARKER, SPECIAL_TOKENS
+from ilm.progress import Progress
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -429,13 +429,13 @@ def _tokenize(tokenizer: Tokenizer, stories: Iterable[str], n_stories: int) -> I
     """Token ids of every story, in order, encoded in parallel batches (no special tokens added)."""
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets we do not need.
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    bar = tqdm(total=n_stories, unit="story", desc="tokenize", mininterval=5.0)
+    progress = Progress(n_stories, "tokenize", unit="story", log=log)
     batch: List[str] = []
 
     def flush() -> Iterator[List[int]]:
         for encoding in encode(batch, add_special_tokens=False):
             yield encoding.ids
-        bar.update(len(batch))
+        progress.update(len(batch))
         batch.clear()
 
     for story in stories:
@@ -444,7 +444,7 @@ def _tokenize(tokenizer: Tokenizer, stories: Iterable[str], n_stories: int) -> I
             yield from flush()
     if batch:
         yield from flush()
-    bar.close()
+    progress.close()
 
 
 # --- the stage ----------------------------------------------------------------------------------

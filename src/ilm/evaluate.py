@@ -12,7 +12,6 @@ accuracy at each position of the window.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,7 +19,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ilm.config import ConfigSection
 from ilm.data import load_split
@@ -34,6 +32,7 @@ from ilm.objectives import (
     topk_correct,
     topk_hits,
 )
+from ilm.progress import Progress
 from ilm.stats import StatisticsConfig, bootstrap_interval
 
 logger = logging.getLogger("ilm.evaluate")
@@ -51,11 +50,16 @@ class EvaluateConfig(ConfigSection):
     device: str
 
 
-def _batches(windows: np.ndarray, batch_size: int, device: torch.device, desc: str):
-    """(B, T) int64 id tensors over `windows` in order, with a progress bar."""
-    starts = range(0, windows.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True, leave=False):
+def _n_batches(windows: np.ndarray, batch_size: int) -> int:
+    return -(-windows.shape[0] // batch_size)
+
+
+def _batches(windows: np.ndarray, batch_size: int, device: torch.device, progress: Optional[Progress]):
+    """(B, T) int64 id tensors over `windows` in order, counting each batch in `progress` once it is done."""
+    for start in range(0, windows.shape[0], batch_size):
         yield torch.from_numpy(np.asarray(windows[start : start + batch_size], dtype=np.int64)).to(device)
+        if progress is not None:
+            progress.update(1)
 
 
 def _with_interval(out: dict, window_sums: list[torch.Tensor], window_rows: list[torch.Tensor],
@@ -77,6 +81,7 @@ def forward_metrics(
     ks: Sequence[int],
     device: torch.device,
     stats: StatisticsConfig,
+    progress: Optional[Progress] = None,
 ) -> dict:
     """Next-token CE (with its bootstrap interval over windows), perplexity, top-k accuracy and the
     number of predicted positions (§1.2).
@@ -86,7 +91,7 @@ def forward_metrics(
     correct = {k: torch.zeros((), dtype=torch.long, device=device) for k in ks}
     window_sums, window_rows = [], []
     tokens = 0
-    for ids in _batches(windows, batch_size, device, "forward"):  # (B, T)
+    for ids in _batches(windows, batch_size, device, progress):  # (B, T)
         logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
         logits = logits.reshape(-1, logits.shape[-1])  # (B*(T-1), V)
         targets = ids[:, 1:].reshape(-1)  # (B*(T-1),)
@@ -117,6 +122,7 @@ def inverse_metrics(
     seed: int,
     device: torch.device,
     stats: StatisticsConfig,
+    progress: Optional[Progress] = None,
 ) -> dict:
     """Top-k accuracy and CE of the inverse classification under one protocol, with and without g (§1.5-§1.7, §6.1).
 
@@ -137,7 +143,7 @@ def inverse_metrics(
     rows = 0
     window_sums, window_rows = [], []
     window_top1 = {True: [], False: []}  # per window: top-1 hits with and without g
-    for ids in _batches(windows, batch_size, device, f"inverse {protocol}"):  # (B, T)
+    for ids in _batches(windows, batch_size, device, progress):  # (B, T)
         inv = inverse_rows(model, ids, protocol, objective_cfg, generator=generator)  # M rows, window-major
         for with_g in (True, False):
             logits = project_to_vocab(model, inv.vectors(gradient_only, with_g)).float()  # (M, V)
@@ -238,13 +244,17 @@ def evaluate(
     _check_test_windows(data_dir, windows, model)
     logger.info("evaluating %s (%s) on %d test windows on %s", variant, model_dir, windows.shape[0], device)
 
-    forward = forward_metrics(model, windows, cfg.batch_size, ks, device, stats)
-    inverse = {
-        protocol: inverse_metrics(
-            model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device, stats
-        )
-        for protocol in PROTOCOLS
-    }
+    # One line for the whole job: the forward pass, then one inverse pass per protocol.
+    with Progress(_n_batches(windows, cfg.batch_size) * (1 + len(PROTOCOLS)), f"evaluate {variant}", unit="batch",
+                  log=logger) as progress:
+        forward = forward_metrics(model, windows, cfg.batch_size, ks, device, stats, progress)
+        inverse = {
+            protocol: inverse_metrics(
+                model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device, stats,
+                progress,
+            )
+            for protocol in PROTOCOLS
+        }
     meta = provenance(
         {key: dict(config[key]) for key in ("objective", "evaluate", "statistics")},
         inputs={"model": model_fingerprint(model_dir), "test.npy": file_sha256(data_dir / "test.npy")},

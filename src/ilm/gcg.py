@@ -44,11 +44,11 @@ from typing import Mapping, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ilm.config import ConfigSection
 from ilm.names import SPECIAL_TOKENS
 from ilm.philox import below, philox4x32, stream_keys
+from ilm.progress import Progress
 
 log = logging.getLogger("ilm.gcg")
 
@@ -497,12 +497,14 @@ def run(
     target_ids,
     config: GCGConfig,
     sample_seeds: Sequence[int],
+    progress: Optional[Progress] = None,
 ) -> list[GCGResult]:
     """Attack S samples together with GCG (docs/method.md §4.2); one GCGResult per sample.
 
     prefix_ids: (S, P) original prefixes (scored for orig_loss and kl, never used by the
     search); target_ids: (S, L). sample_seeds: one int per sample (its index in the test
-    split) that, with config.seed, keys the sample's random stream.
+    split) that, with config.seed, keys the sample's random stream. `progress`, if given,
+    counts S sample-steps per step.
     """
     if isinstance(config, Mapping):
         config = GCGConfig.from_dict(config)
@@ -537,8 +539,10 @@ def run(
         rank_corr_sum=torch.zeros(S, dtype=torch.float64, device=device),
         rank_corr_steps=torch.zeros(S, dtype=torch.float64, device=device),
     )
-    for step in tqdm(range(config.steps), desc="gcg", unit="step", leave=False, disable=None):
+    for step in range(config.steps):
         search_step(search, state, step)
+        if progress is not None:  # host-side count: on CUDA it runs ahead of the queued kernels by a few steps
+            progress.update(S)
     # The first host synchronisation: the search is over.
     return _finalise(model, prefix_ids, target_ids, init, state, config, started)
 

@@ -40,6 +40,7 @@ import torch
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
 from ilm.names import BIGRAM, BOS_ID, PAD_ID, parse_variant
 from ilm.objectives import embed, forward_ce, project_to_vocab
+from ilm.progress import Progress
 from ilm.shards import (
     Stage,
     check_complete,
@@ -298,6 +299,7 @@ def invert_shard(
             model = load_model(model_dir, device).requires_grad_(False)
             counts = torch.from_numpy(np.load(bigram)).to(device)
             size = inv["batch_samples"]
+            progress = Progress(len(mine), f"invert {method} shard {shard}", unit="sample", done=len(done), log=log)
             for b in range(0, len(todo), size):
                 batch = todo[b : b + size]
                 x, y = window_parts(np.asarray(windows[batch]), inv)
@@ -321,6 +323,8 @@ def invert_shard(
                     "%s shard %d | samples %d/%d | %.2f samples/s",
                     method, shard, len(done) + b + len(batch), len(mine), len(batch) / seconds,
                 )
+                progress.update(len(batch))
+            progress.close()
     log.info("%s shard %d complete: %s", method, shard, out)
 
 

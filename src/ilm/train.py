@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from ilm import faults
@@ -43,6 +41,7 @@ from ilm.model import build_model, count_parameters, numerics, resolve_device, u
 from ilm.model_card import build_model_card
 from ilm.names import parse_variant
 from ilm.objectives import ObjectiveConfig, compute_objective
+from ilm.progress import Progress as ProgressLine, human  # train.Progress is the checkpointed state
 
 logger = logging.getLogger("ilm.train")
 
@@ -464,13 +463,6 @@ def _best_dir_step(best_dir: Path) -> Optional[int]:
 # --- logging and the output ---------------------------------------------------------------------------------
 
 
-def _human(rate: float) -> str:
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if rate >= scale:
-            return f"{rate / scale:.1f}{unit}"
-    return f"{rate:.0f}"
-
-
 def _log_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, lineterminator="\n")
@@ -559,8 +551,7 @@ def train(
     tokens_per_step = schedule.batch * window
     interval_tokens, interval_seconds = 0, 0.0
     order_cache: dict = {}
-    bar = tqdm(total=schedule.total, initial=progress.step, desc=f"train {variant}", unit="step", file=sys.stderr,
-               dynamic_ncols=True)
+    report = ProgressLine(schedule.total, f"train {variant}", done=progress.step, log=logger)
     while progress.step < schedule.total:
         time.sleep(sleep)  # tests only; outside the timed region
         batch_ids = _to_ids(batch_windows(data.train, cfg.seed, progress.step, schedule, order_cache), device)
@@ -579,8 +570,7 @@ def train(
         interval_seconds += time.perf_counter() - started
         interval_tokens += tokens_per_step
         rate = interval_tokens / max(interval_seconds, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=_human(rate))
+        report.update(1, {"loss": stats["loss"], "tok/s": human(rate)})
 
         last = progress.step == schedule.total
         val_loss = val_ce = None
@@ -592,10 +582,9 @@ def train(
                 progress.best_val_loss, progress.best_step = val_loss, progress.step
                 run.best_state = _state_copy(run.model)
                 _save_best(checkpoint_dir / BEST_DIR_NAME, run.model, progress)
-            bar.write(
-                f"step {progress.step:05d}/{schedule.total:05d} | loss {stats['loss']:.2f} | val {val_loss:.2f} | "
-                f"{_human(rate)} tok/s",
-                file=sys.stderr,
+            logger.info(
+                "step %05d/%05d | loss %.2f | val %.2f | %s tok/s",
+                progress.step, schedule.total, stats["loss"], val_loss, human(rate),
             )
         if val_loss is not None or progress.step % cfg.log_every == 0:
             progress.log_rows.append(
@@ -618,12 +607,12 @@ def train(
         if progress.step % cfg.checkpoint_every == 0 or last or stopping:
             save_checkpoint(checkpoint_dir / CHECKPOINT_NAME, checkpoint_payload(run, fingerprint, device))
         if stopping:
-            bar.close()
+            report.close()
             logger.info("stopping after step %d as asked; checkpoint in %s", progress.step, checkpoint_dir)
             if progress.step == kill_at:
                 faults.simulate_kill()
             return
-    bar.close()
+    report.close()
     write_model(
         out_dir, run, config, variant, data.tokenizer,
         {

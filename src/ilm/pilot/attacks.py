@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ilm.pilot.config import PilotConfig
+from ilm.progress import Progress
 from ilm.stats import wilson_interval
 
 log = logging.getLogger("ilm.pilot")
@@ -119,22 +120,32 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clas
     images, labels = to_images(x[:n]), y[:n].cpu().numpy()
     clf = art_classifier(model, x.shape[1], classes, device)
     bs = cfg.attack_batch_size
+    alphas = sweep_alphas(cfg)
+    # One unit per attack run at one radius (the sweep's FGSM runs included).
+    progress = Progress(len(cfg.apgd_eps) + len(cfg.square_eps) + len(cfg.fgsm_alphas) + len(alphas),
+                        "pilot attack", unit="attack", log=log)
     out: dict = {"clean": accuracy(clf, images, labels, bs, confidence), "attacks": []}
     for eps in cfg.apgd_eps:
         adv = apgd(clf, images, labels, eps, cfg.apgd_iterations, bs, cfg.seed)
         out["attacks"].append({"attack": "APGD-CE", "norm": "L2", "eps": eps,
                                **accuracy(clf, adv, labels, bs, confidence)})
+        progress.update(1)
     n_sq = n if cfg.square_samples is None else min(cfg.square_samples, n)
     for eps in cfg.square_eps:
         adv = square(clf, images[:n_sq], labels[:n_sq], eps, cfg.square_queries, bs, cfg.seed)
         out["attacks"].append({"attack": "Square", "norm": "L2", "eps": eps,
                                **accuracy(clf, adv, labels[:n_sq], bs, confidence)})
+        progress.update(1)
     for alpha in cfg.fgsm_alphas:
         adv = fgsm(clf, images, labels, alpha, bs)
         out["attacks"].append({"attack": "FGSM", "norm": "Linf", "eps": alpha,
                                **accuracy(clf, adv, labels, bs, confidence)})
-    out["sweep"] = [{"alpha": a, **accuracy(clf, fgsm(clf, images, labels, a, bs), labels, bs, confidence)}
-                    for a in sweep_alphas(cfg)]
+        progress.update(1)
+    out["sweep"] = []
+    for a in alphas:
+        out["sweep"].append({"alpha": a, **accuracy(clf, fgsm(clf, images, labels, a, bs), labels, bs, confidence)})
+        progress.update(1)
+    progress.close()
     for row in out["attacks"]:
         log.info("%s eps %g: accuracy %.4f (n=%d)", row["attack"], row["eps"], row["accuracy"], row["n"])
     return out

@@ -23,6 +23,7 @@ from ilm.download import DOWNLOAD_RECORD, local_folder, read_download_record
 from ilm.io import atomic_path, file_sha256, fingerprints, provenance, write_json
 from ilm.packaged import PACKAGED_PREFIX, extract_packaged
 from ilm.pilot.config import PilotConfig
+from ilm.progress import Progress
 
 log = logging.getLogger("ilm.pilot")
 
@@ -153,7 +154,8 @@ def load_encoder(folder: Path, device: str):
     return tokenizer, model
 
 
-def embed_texts(texts: Sequence[str], tokenizer, model, max_tokens: int, batch_size: int):
+def embed_texts(texts: Sequence[str], tokenizer, model, max_tokens: int, batch_size: int,
+                what: str = "pilot embed"):
     """(N, D) float32 tensor: the [CLS] (first-token) vector of the last layer of each text.
 
     Texts are embedded in order of length (less padding) and returned in the given order.
@@ -163,7 +165,7 @@ def embed_texts(texts: Sequence[str], tokenizer, model, max_tokens: int, batch_s
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     device = next(model.parameters()).device
     out = [None] * len(texts)
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress(len(texts), what, unit="text", log=log) as progress:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_tokens,
@@ -171,8 +173,7 @@ def embed_texts(texts: Sequence[str], tokenizer, model, max_tokens: int, batch_s
             hidden = model(**enc).last_hidden_state  # (B, T, D)
             for i, row in zip(idx, hidden[:, 0].float().cpu()):
                 out[i] = row
-            if (start // batch_size) % 20 == 0:
-                log.info("embedded %d/%d", min(start + batch_size, len(order)), len(order))
+            progress.update(len(idx))
     return torch.stack(out)  # (N, D)
 
 
@@ -204,7 +205,7 @@ def embed_dataset(cfg: PilotConfig, config: dict, encoder_dir: Path, source: Opt
         texts, labels = splits[split]
         if labels.min() < 0 or labels.max() >= classes:
             raise ValueError(f"{split} labels lie outside 0..{classes - 1} for pilot.dataset {cfg.dataset!r}")
-        emb = embed_texts(texts, tokenizer, model, cfg.max_tokens, cfg.embed_batch_size)
+        emb = embed_texts(texts, tokenizer, model, cfg.max_tokens, cfg.embed_batch_size, f"pilot embed {split}")
         write_embeddings(out, emb, labels)
         info["splits"][split] = {"n": len(texts), "dim": int(emb.shape[1]),
                                  "class_counts": np.bincount(labels, minlength=classes).tolist()}

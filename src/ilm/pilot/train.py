@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ilm.pilot.config import PILOT_VARIANTS, PilotConfig
+from ilm.progress import Progress
 
 log = logging.getLogger("ilm.pilot")
 
@@ -132,7 +133,7 @@ def _validation_loss(variant, model, x, y, cfg, bank, seed) -> float:
     for start in range(0, len(x), cfg.batch_size):
         xb, yb = x[start : start + cfg.batch_size], y[start : start + cfg.batch_size]
         loss, _ = variant_loss(variant, model, xb, yb, cfg, bank, gen)
-        total += float(loss) * len(xb)
+        total += float(loss.detach()) * len(xb)  # the PAG term keeps a graph: detach before float
         n += len(xb)
     model.train()
     return total / n
@@ -150,6 +151,8 @@ def train_variant(variant: str, embeddings: torch.Tensor, labels: torch.Tensor, 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     best, best_state, history = float("inf"), None, []
+    batches = -(-len(x_tr) // cfg.batch_size)
+    progress = Progress(cfg.epochs * batches, f"pilot train {variant}", unit="batch", log=log)
     for epoch in range(cfg.epochs):
         perm = torch.randperm(len(x_tr), generator=gen).to(device)
         sums = {"loss": 0.0, "ce": 0.0, "pag": 0.0}
@@ -159,9 +162,10 @@ def train_variant(variant: str, embeddings: torch.Tensor, labels: torch.Tensor, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums["loss"] += float(loss) * len(idx)
+            sums["loss"] += float(loss.detach()) * len(idx)  # float() of a tensor needing grad warns
             sums["ce"] += parts["ce"] * len(idx)
             sums["pag"] += parts["pag"] * len(idx)
+            progress.update(1, {"epoch": f"{epoch + 1}/{cfg.epochs}"})
         val = _validation_loss(variant, model, x_va, y_va, cfg, bank, cfg.seed + 2)
         with torch.no_grad():
             val_acc = float((model(x_va).argmax(1) == y_va).float().mean())
@@ -173,6 +177,7 @@ def train_variant(variant: str, embeddings: torch.Tensor, labels: torch.Tensor, 
         if epoch % 10 == 0 or epoch + 1 == cfg.epochs:
             log.info("%s epoch %03d/%03d | loss %.4f | ce %.4f | pag %.4f | val loss %.4f | val acc %.4f",
                      variant, epoch + 1, cfg.epochs, row["loss"], row["ce"], row["pag"], val, val_acc)
+    progress.close()
     model.load_state_dict(best_state)
     return model.eval(), history
 

@@ -1,0 +1,114 @@
+"""One fixed-format progress line for every long stage: done/total, rate and ETA, logged every 30 s.
+
+Line-based on purpose: jobs write to log files, where tqdm's carriage-return frames pile up
+unreadably. Each stage passes its own logger, so the line carries the stage's logger name:
+
+    train base | step 0420/6700 (6.3%) | loss 2.31 | tok/s 1.2M | 3.11 step/s | elapsed 0:02:15 | ETA 0:33:39
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Mapping, Optional, Union
+
+# Logging cadence only, never a setting of any stage: changing it must rerun nothing.
+PROGRESS_EVERY_S = 30.0
+
+Field = Union[str, int, float]
+
+
+def human(x: float) -> str:
+    """3 significant digits with a k/M/G suffix: 1234567 -> '1.23M', 0.0123 -> '0.0123'."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def clock_text(seconds: float) -> str:
+    """H:MM:SS of a non-negative duration."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _field(value: Field) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Progress:
+    """Counts units of work towards `total` and logs a progress line when `every_s` seconds have passed.
+
+    The rate is taken over this process's work only (a resumed run's `done` units are not in it), and
+    the ETA is the remaining units over that rate. `close()` (or leaving a `with` block without an
+    error) logs the last line.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        what: str,
+        *,
+        unit: str = "step",
+        done: int = 0,
+        log: Optional[logging.Logger] = None,
+        every_s: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.what, self.unit = int(total), what, unit
+        self.done = self._start_done = int(done)
+        self.log = log or logging.getLogger("ilm.progress")
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s  # read at call time: tests may patch it
+        self.clock = clock
+        self._started = self._last = clock()
+        self._logged_done: Optional[int] = None
+        self.fields: dict[str, Field] = {}
+
+    def update(self, n: int = 1, fields: Optional[Mapping[str, Field]] = None) -> None:
+        """Add n units done; `fields` (e.g. {"loss": 2.31}) replace those shown in the next line."""
+        self.done += n
+        if fields:
+            self.fields.update(fields)
+        if self.clock() - self._last >= self.every_s:
+            self.emit()
+
+    def rate(self) -> float:
+        """Units per second in this process so far (0 before any)."""
+        elapsed = self.clock() - self._started
+        return (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> Optional[float]:
+        """Seconds left at the current rate: remaining / rate; None while the rate is unknown."""
+        rate = self.rate()
+        return max(self.total - self.done, 0) / rate if rate > 0 else None
+
+    def line(self) -> str:
+        """The fixed-format line: what | unit done/total (pct) | fields | rate | elapsed | ETA."""
+        width = len(str(self.total))
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = self.eta()
+        parts = [self.what, f"{self.unit} {self.done:0{width}d}/{self.total:0{width}d} ({pct:.1f}%)"]
+        parts += [f"{key} {_field(value)}" for key, value in self.fields.items()]
+        parts += [
+            f"{human(self.rate())} {self.unit}/s",
+            f"elapsed {clock_text(self.clock() - self._started)}",
+            f"ETA {clock_text(eta) if eta is not None else '?'}",
+        ]
+        return " | ".join(parts)
+
+    def emit(self) -> None:
+        """Log the line now and restart the interval."""
+        self.log.info("%s", self.line())
+        self._last, self._logged_done = self.clock(), self.done
+
+    def close(self) -> None:
+        """Log the final line, unless the last line logged already says as much."""
+        if self._logged_done != self.done:
+            self.emit()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:  # a failing stage has its traceback to say where it stopped
+            self.close()
