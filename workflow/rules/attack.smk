@@ -13,7 +13,7 @@ rule select_gcg_samples:
         data_dir=input_dir("test"),
         config=config_file("select_gcg_samples"),
     shell:
-        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} > {log} 2>&1"
+        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule attack_gcg_shard:
@@ -39,7 +39,7 @@ rule attack_gcg_shard:
         config=config_file("attack_gcg_shard"),
     shell:
         "ilm --threads {threads} gcg-attack --model {params.model_dir} --data-dir {params.data_dir} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule summarise_gcg:
@@ -65,7 +65,7 @@ rule summarise_gcg:
         "ilm gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
         " --variant {wildcards.variant} --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
         " --curves-out {output.curves}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 # The gradient-free control (docs/method.md §4.2): the same search, width, steps and windows with candidates
@@ -122,4 +122,4 @@ rule transfer_gcg:
         config=config_file("transfer_gcg"),
     shell:
         "ilm --threads {threads} gcg-transfer --variants {params.variants} --models {params.model_dirs}"
-        " --attacks {input.attacks} --out {output.table} --config {params.config} > {log} 2>&1"
+        " --attacks {input.attacks} --out {output.table} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

@@ -32,7 +32,7 @@ rule tabulate_claims:
         stem=output_stem,
         config=config_file("tabulate_claims"),
     shell:
-        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_gcg_robustness:
@@ -75,7 +75,7 @@ rule tabulate_gcg_robustness:
         stem=output_stem,
         config=config_file("tabulate_gcg_robustness"),
     shell:
-        "ilm table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 # --- the seed study: the same attacks per replicate, and one claims table over every seed ---
@@ -155,4 +155,4 @@ rule tabulate_seed_claims:
         stem=output_stem,
         config=config_file("tabulate_claims"),
     shell:
-        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

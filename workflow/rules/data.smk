@@ -58,4 +58,4 @@ rule prepare_data:
         config=config_file("prepare_data"),
     shell:
         "ilm --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

@@ -23,4 +23,4 @@ rule evaluate_model:
     shell:
         "ilm --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
         " --forward-out {output.forward} --inverse-out {output.inverse} --windows-out {output.windows}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

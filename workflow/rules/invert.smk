@@ -15,7 +15,7 @@ rule count_bigrams:
         data_dir=input_dir("train"),
         config=config_file("count_bigrams"),
     shell:
-        "ilm bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} > {log} 2>&1"
+        "ilm bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule select_invert_samples:
@@ -32,7 +32,7 @@ rule select_invert_samples:
         data_dir=input_dir("test"),
         config=config_file("select_invert_samples"),
     shell:
-        "ilm invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} > {log} 2>&1"
+        "ilm invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule invert_shard:
@@ -60,7 +60,7 @@ rule invert_shard:
     shell:
         "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
         " --data-dir {params.data_dir} --bigram {input.bigram} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule summarise_inversion:
@@ -90,7 +90,7 @@ rule summarise_inversion:
     shell:
         "ilm --threads {threads} invert-summary --method {wildcards.method} --shards {input.shards}"
         " --plan {input.plan} --model {params.model_dir} --data-dir {params.data_dir} --out {output.metrics}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_inversion:
@@ -120,7 +120,7 @@ rule tabulate_inversion:
         config=config_file("tabulate_inversion"),
     shell:
         "ilm table inversion --inputs {input.metrics} {input.judged}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_inversion_examples:
@@ -147,4 +147,4 @@ rule tabulate_inversion_examples:
         config=config_file("tabulate_inversion_examples"),
     shell:
         "ilm table inversion_examples --inputs {input.judged}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

@@ -43,7 +43,7 @@ rule judge_inversion:
     shell:
         "HF_HUB_OFFLINE=1 ilm --threads {threads} judge-inversion --metrics {input.metrics}"
         " --tokenizer {input.tokenizer} --similarity-judge {params.similarity}"
-        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} > {log} 2>&1"
+        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule judge_attacks:
@@ -70,7 +70,7 @@ rule judge_attacks:
     shell:
         "HF_HUB_OFFLINE=1 ilm --threads {threads} judge-attacks --metrics {input.metrics}"
         " --tokenizer {input.tokenizer} --similarity-judge {params.similarity}"
-        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} > {log} 2>&1"
+        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_gcg_naturalness:
@@ -99,4 +99,4 @@ rule tabulate_gcg_naturalness:
         config=config_file("tabulate_gcg_naturalness"),
     shell:
         "ilm table gcg_naturalness --inputs {input.metrics}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

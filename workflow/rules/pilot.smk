@@ -57,7 +57,7 @@ rule embed_pilot:
         config=config_file("embed_pilot"),
     shell:
         "ilm --threads {threads} pilot embed --encoder-dir {input.encoder} {params.source} --train-out {output.train}"
-        " --test-out {output.test} --info-out {output.info} --config {params.config} > {log} 2>&1"
+        " --test-out {output.test} --info-out {output.info} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule train_pilot:
@@ -82,7 +82,7 @@ rule train_pilot:
     shell:
         "ilm --threads {threads} pilot train --variant {wildcards.pilot_variant} --train {input.train}"
         " --info {input.info} --model-out {output.model} --log-out {output.log} --run-out {output.run}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule attack_pilot:
@@ -105,7 +105,7 @@ rule attack_pilot:
         config=config_file("attack_pilot"),
     shell:
         "ilm --threads {threads} pilot attack --variant {wildcards.pilot_variant} --model {input.model}"
-        " --run {input.run} --test {input.test} --out {output.metrics} --config {params.config} > {log} 2>&1"
+        " --run {input.run} --test {input.test} --out {output.metrics} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_pag_pilot:
@@ -133,7 +133,7 @@ rule tabulate_pag_pilot:
         stem=output_stem,
         config=config_file("tabulate_pag_pilot"),
     shell:
-        "ilm pilot table --inputs {input.metrics} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm pilot table --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule plot_pag_fgsm_sweep:
@@ -155,4 +155,4 @@ rule plot_pag_fgsm_sweep:
         stem=output_stem,
         config=config_file("plot_pag_fgsm_sweep"),
     shell:
-        "ilm pilot figure --inputs {input.metrics} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm pilot figure --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

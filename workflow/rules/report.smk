@@ -33,7 +33,7 @@ rule tabulate_setup:
         config=config_file("tabulate_setup"),
     shell:
         "ilm table setup --inputs {input.stats} {input.runs} {input.configs} {input.weights}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_token_entropy:
@@ -210,7 +210,7 @@ rule tabulate_gcg_summary:
         config=config_file("tabulate_gcg_summary"),
     shell:
         "ilm table gcg_summary --inputs {input.metrics}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule tabulate_gcg_examples:
@@ -238,7 +238,7 @@ rule tabulate_gcg_examples:
         config=config_file("tabulate_gcg_examples"),
     shell:
         "ilm table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
 
 
 rule plot_gcg_success_rate:
@@ -261,4 +261,4 @@ rule plot_gcg_success_rate:
         config=config_file("plot_gcg_success_rate"),
     shell:
         "ilm figure gcg_success_rate --inputs {input.sweeps}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

@@ -97,4 +97,4 @@ rule summarise_study:
         config=config_file("summarise_study"),
     shell:
         "ilm summarise-study --manifest {params.manifest} --table-stem {params.stem} --figure-stem {params.stem}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {RUNTIME} > {log} 2>&1"

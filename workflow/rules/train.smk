@@ -21,4 +21,4 @@ rule train_model:
         config=config_file("train_model"),
     shell:
         "ilm --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {params.model_dir}"
-        " --checkpoint-dir {params.checkpoints} --config {params.config} > {log} 2>&1"
+        " --checkpoint-dir {params.checkpoints} --config {params.config} --runtime {RUNTIME} > {log} 2>&1"
