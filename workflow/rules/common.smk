@@ -68,9 +68,17 @@ wildcard_constraints:
     pilot_variant="|".join(PILOT_VARIANTS),
 
 
-# Devices, batch sizes and logging cadence, for every `ilm` call: in the shell line (`--runtime {RUNTIME}`),
-# not in params, so changing one reruns no finished job (ilm.config.RUNTIME_KEYS).
+# Devices, batch sizes and logging cadence (ilm.config.RUNTIME_KEYS), for every `ilm` call that reads settings.
 RUNTIME = str(write_runtime_config(config, ".snakemake/ilm/config"))
+
+
+def runtime_file(wildcards, input):
+    """The run-time settings file, as a param that Snakemake does not compare (pass it as `--runtime`).
+
+    A param function that takes `input` is derived from the inputs, so Snakemake leaves it out of its
+    "params have changed" check: a new device or batch size reaches the next job and reruns no finished one.
+    """
+    return RUNTIME
 
 
 def config_file(stage, overrides=None):
