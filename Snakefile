@@ -7,6 +7,13 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
+# Snakemake's own message for a broken YAML names neither file nor line; this one does (for config.yaml:
+# files given with --configfile are read by Snakemake before this line runs).
+from ilm.config import read_yaml
+
+read_yaml(os.path.join(workflow.basedir, "config.yaml"))
+
+
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 

@@ -247,3 +247,123 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
     """A config path that does not exist is named in the error."""
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+# --- rerun only what changed (issue 22 §3) ------------------------------------------------------------------
+
+RUNTIME_CHANGES = [
+    ("train", "log_every", 7), ("train", "checkpoint_every", 9), ("train", "device", "cpu"),
+    ("evaluate", "device", "cpu"), ("evaluate", "batch_size", 3), ("gcg", "device", "cpu"),
+    ("gcg", "batch_samples", 3), ("gcg", "max_candidates_per_forward", 99), ("gcg", "compile", False),
+    ("invert", "batch_samples", 3), ("invert", "device", "cpu"), ("judge", "device", "cpu"),
+    ("pilot", "device", "cpu"),
+]
+
+
+@pytest.mark.parametrize("section, key, value", RUNTIME_CHANGES)
+def test_runtime_setting_keeps_every_stage_config_and_reaches_the_job(tmp_path, section, key, value):
+    """A device, batch size or logging cadence leaves every stage's config file (its rule's param) as it was,
+    and a job still reads the new value from the --runtime file."""
+    from argparse import Namespace
+
+    from ilm.commands import stage_config
+    from ilm.config import write_runtime_config, write_stage_config
+
+    base = load_config(REPO / "config.yaml")
+    changed = load_config(REPO / "config.yaml", {section: {key: value}})
+    assert changed[section][key] != base[section][key]
+    for stage in STAGES:
+        assert write_stage_config(changed, stage, tmp_path) == write_stage_config(base, stage, tmp_path), stage
+    stage = {"train": "train_model", "evaluate": "evaluate_model", "gcg": "attack_gcg_shard",
+             "invert": "invert_shard", "judge": "judge_inversion", "pilot": "attack_pilot"}[section]
+    args = Namespace(config=write_stage_config(changed, stage, tmp_path),
+                     runtime=write_runtime_config(changed, tmp_path), config_json=None)
+    assert stage_config(args, stage)[section][key] == value
+
+
+def test_settings_that_shape_outputs_change_their_stage_config(tmp_path):
+    """train.lr renames the training config; the pilot's training settings rename its attack and table configs."""
+    from ilm.config import write_stage_config
+
+    base = load_config(REPO / "config.yaml")
+    lr = load_config(REPO / "config.yaml", {"train": {"lr": 0.001}})
+    assert write_stage_config(lr, "train_model", tmp_path) != write_stage_config(base, "train_model", tmp_path)
+    for change in ({"epochs": 4}, {"lambda_pag": {"pag_identity": 1.5}}, {"max_tokens": 64}):
+        pilot = load_config(REPO / "config.yaml", {"pilot": change})
+        for stage in ("train_pilot", "attack_pilot", "tabulate_pag_pilot", "plot_pag_fgsm_sweep"):
+            assert write_stage_config(pilot, stage, tmp_path) != write_stage_config(base, stage, tmp_path), stage
+
+
+def test_integral_floats_hash_like_ints(tmp_path):
+    """grad_scale_tokens: 65536.0 names the same config file as 65536 (no retraining for the spelling)."""
+    from ilm.config import write_stage_config
+
+    as_int = load_config(REPO / "config.yaml", {"objective": {"grad_scale_tokens": 65536}})
+    as_float = load_config(REPO / "config.yaml", {"objective": {"grad_scale_tokens": 65536.0}})
+    for stage in ("train_model", "evaluate_model", "attack_gcg_shard", "invert_shard"):
+        assert write_stage_config(as_float, stage, tmp_path) == write_stage_config(as_int, stage, tmp_path), stage
+    half = load_config(REPO / "config.yaml", {"objective": {"grad_scale_tokens": 65536.5}})
+    assert write_stage_config(half, "train_model", tmp_path) != write_stage_config(as_int, "train_model", tmp_path)
+
+
+def test_resume_keys_are_the_settings_that_shape_a_shard():
+    """A partial GCG or inversion shard is resumed exactly when its stage config is unchanged: the settings its
+    resume check compares are the shaping keys of its section, and training resumes across run-time changes."""
+    from ilm.attack import RESULT_KEYS as GCG_KEYS
+    from ilm.config import RUNTIME_KEYS
+    from ilm.invert import RESULT_KEYS as INVERT_KEYS
+    from ilm.train import RESUME_FREE_TRAIN_KEYS
+
+    cfg = validate_config({})
+    assert set(GCG_KEYS) == set(stage_slice(cfg, "attack_gcg_shard")["gcg"])
+    assert set(INVERT_KEYS) == set(stage_slice(cfg, "invert_shard")["invert"])
+    assert {k.split(".")[1] for k in RUNTIME_KEYS if k.startswith("train.")} <= set(RESUME_FREE_TRAIN_KEYS)
+
+
+def test_every_ilm_call_takes_the_runtime_file():
+    """Every rule that passes its config slice to `ilm` also passes the run-time file, by a derived param."""
+    import re
+
+    calls = 0
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=\S)", smk.read_text()):
+            if "--config {params.config}" in block and block.startswith("rule "):
+                calls += 1
+                assert "--runtime {params.runtime}" in block and "runtime=runtime_file," in block, block[:60]
+    assert calls >= 25
+
+
+# --- bad values (issue 22 §5) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ({"pilot": {"sweep_start": 0.1, "sweep_stop": 0.01}}, "pilot.sweep_start (0.1) must be below pilot.sweep_stop"),
+        ({"data": {"source": ""}}, "data.source is empty"),
+        ({"data": {"source": "--help"}}, "data.source ('--help') starts with '-'"),
+        ({"judge": {"similarity_model": ""}}, "judge.similarity_model is empty"),
+        ({"judge": {"perplexity_model": "  "}}, "judge.perplexity_model is empty"),
+        ({"pilot": {"encoder": "-x"}}, "pilot.encoder ('-x') starts with '-'"),
+    ],
+)
+def test_bad_names_and_sweep_bounds_fail_naming_the_key(override, fragment):
+    """A reversed FGSM sweep, an empty or option-like source and an empty judge name fail at start-up."""
+    with pytest.raises(ValueError) as err:
+        load_config(REPO / "config.yaml", override)
+    assert fragment in str(err.value)
+
+
+def test_broken_yaml_names_the_file_and_the_line(tmp_path, capsys):
+    """A YAML syntax error is one line naming the file, line and column, from load_config and from `ilm`."""
+    from ilm.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  lr: 0.1\n  epochs: [1, 2\ngcg:\n  steps: 3\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert f"config file {path}, line 4, column 4" in message and "\n" not in message
+    assert main(["gcg-samples", "--data-dir", str(tmp_path), "--out", str(tmp_path / "s.json"),
+                 "--config", str(path)]) == 2
+    assert f"{path}, line 4" in capsys.readouterr().err

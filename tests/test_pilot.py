@@ -161,3 +161,24 @@ def test_generated_texts_are_balanced_and_seeded():
     assert len(texts) == 40 and labels.sum() == 20
     assert generated_texts(40, seed=3)[0] == texts and generated_texts(40, seed=4)[0] != texts
     assert all("In the end everyone" in t for t in texts)
+
+
+def test_truncated_embeddings_exit_2_naming_the_file_and_the_fix(tmp_path, capsys):
+    """A cut-off train.safetensors stops `ilm pilot train` with exit 2 and one line: the file and the rebuild command."""
+    import json
+
+    from ilm.cli import main
+    from ilm.pilot.data import write_embeddings
+
+    path = tmp_path / "train.safetensors"
+    write_embeddings(path, torch.randn(20, D), np.arange(20) % 2)
+    path.write_bytes(path.read_bytes()[:-50])
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps({"classes": 2}))
+    out = tmp_path / "baseline"
+    code = main(["pilot", "train", "--variant", "baseline", "--train", str(path), "--info", str(info),
+                 "--model-out", str(out / "classifier.safetensors"), "--log-out", str(out / "train_log.csv"),
+                 "--run-out", str(out / "run.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"{path} is truncated or corrupt" in err[0] and "snakemake --forcerun embed_pilot" in err[0]

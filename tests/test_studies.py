@@ -140,3 +140,25 @@ def test_study_table_names_a_missing_point(tmp_path, monkeypatch):
     (tmp_path / "m.json").write_text(json.dumps(manifest(cfg, "g")))
     with pytest.raises(ValueError, match=r"grad_scale_tokens=1/metrics/identity/forward.json does not exist"):
         summarise(tmp_path / "m.json", tmp_path / "out/s", tmp_path / "out/s", cfg)
+
+
+def _paper_config_with_grid(settings: dict) -> dict:
+    """The paper config declaring one study `g` over `settings` (and no seed study)."""
+    cfg = load_config(REPO / "config.yaml")
+    cfg["studies"] = {"run": [], "grids": {"g": {"settings": settings}}}
+    cfg["claims"]["seed_study"] = None
+    return validate_config(cfg)
+
+
+def test_point_written_as_a_float_reuses_the_main_run():
+    """grad_scale_tokens: [65536.0, 1]: the 65536.0 point is the main run (no retraining), the other is not."""
+    cfg = _paper_config_with_grid({"objective.grad_scale_tokens": [65536.0, 1]})
+    s = study(cfg, "g")
+    assert [point_root(cfg, "g", p) for p in s.points] == ["results", "results/studies/g/grad_scale_tokens=1"]
+
+
+def test_runtime_settings_are_not_swept():
+    """A study over a device or batch size would train identical points: it is refused naming the key."""
+    cfg = _paper_config_with_grid({"train.log_every": [1, 10]})
+    with pytest.raises(ValueError, match="studies.grids.g.settings: 'train.log_every' is a run-time setting"):
+        study(cfg, "g")

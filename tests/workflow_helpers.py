@@ -55,3 +55,28 @@ def read_tables(workdir: Path) -> dict[str, str]:
     for path in sorted((workdir / "results" / "tables").glob("*")):
         out[str(path.relative_to(workdir))] = path.read_text()
     return out
+
+
+# Rules whose output is a folder (`directory()`): a fabricated run makes them as empty folders.
+FOLDER_RULES = ("fetch_judges", "download_pilot_encoder", "download_pilot_data", "download_data")
+
+
+def fabricate_run(workdir: Path, configfiles: Sequence[Path] = (SMOKE_CONFIG,)) -> Path:
+    """A finished run in seconds, for dry-run tests: every planned output as an empty file, then `--touch`.
+
+    `--touch` records Snakemake's metadata (params included) as a real run would, so a later dry run
+    plans exactly what a changed setting or a deleted file makes stale.
+    """
+    summary = run_snakemake(workdir, "--summary", configfiles=configfiles).stdout
+    for line in summary.splitlines():
+        fields = line.split("\t")
+        if len(fields) < 3 or fields[0] == "output_file":
+            continue
+        path = workdir / fields[0]
+        if fields[2] in FOLDER_RULES:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    run_snakemake(workdir, "--touch", "--cores", "1", configfiles=configfiles)
+    return workdir

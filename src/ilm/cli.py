@@ -1,9 +1,10 @@
 """`ilm <command>`: the thin entry points that Snakemake rules call; each also runs on its own.
 
 Commands that depend on settings take `--config FILE` (a full or partial config.yaml, or the
-JSON slice file a rule passes) and/or `--config-json TEXT` (overrides as JSON); both are
-merged, then validated against the schema as the command's stage reads them, so defaults
-fill whatever is absent.
+JSON slice file a rule passes), `--runtime FILE` (the run-time settings a rule passes: devices,
+batch sizes, logging cadence) and/or `--config-json TEXT` (overrides as JSON); all are merged,
+then validated against the schema as the command's stage reads them, so defaults fill whatever
+is absent.
 """
 
 from __future__ import annotations

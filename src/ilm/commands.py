@@ -13,16 +13,19 @@ from pathlib import Path
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    """--config FILE and --config-json TEXT, as every command that reads settings takes them."""
+    """--config FILE, --runtime FILE and --config-json TEXT, as every command that reads settings takes them."""
     p.add_argument("--config", type=Path, default=None, help="YAML config file (defaults fill the rest)")
-    p.add_argument("--config-json", default=None, help="JSON config slice, merged over --config")
+    p.add_argument("--runtime", type=Path, default=None,
+                   help="run-time settings (devices, batch sizes, logging cadence), merged over --config")
+    p.add_argument("--config-json", default=None, help="JSON config slice, merged over --config and --runtime")
 
 
 def stage_config(args: argparse.Namespace, stage: str) -> dict:
-    """--config and --config-json merged and validated as `stage` (a rule name) reads them."""
-    from ilm.config import load_config, parse_config_json
+    """--config, --runtime and --config-json merged in that order and validated as `stage` (a rule name) reads them."""
+    from ilm.config import deep_merge, load_config, parse_config_json, read_yaml
 
-    return load_config(args.config, parse_config_json(args.config_json), stage=stage)
+    runtime = read_yaml(args.runtime) if getattr(args, "runtime", None) is not None else {}
+    return load_config(args.config, deep_merge(runtime, parse_config_json(args.config_json)), stage=stage)
 
 
 def quiet_progress_bars() -> None:

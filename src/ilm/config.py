@@ -12,7 +12,10 @@ so a bad value fails early and the message names the key and the fix. Validation
 
 Each workflow stage reads a slice of the config (`STAGES`): the Snakefile passes exactly that
 slice to `ilm`, so a changed setting reruns only the stages that read it, and a stage's
-validation runs the cross-key rules that lie inside its slice. The component dataclasses
+validation runs the cross-key rules that lie inside its slice. Run-time settings (`RUNTIME_KEYS`:
+devices, batch sizes of the search, logging and checkpoint cadence) shape no output: they stay
+out of every slice and reach the jobs in one separate file (`write_runtime_config`), so changing
+one reruns nothing. The component dataclasses
 (`TrainConfig`, `GCGConfig`, ...) have no defaults of their own: `ConfigSection.from_dict`
 builds them from a validated section.
 """
@@ -59,6 +62,33 @@ class Scope(NamedTuple):
     drop: tuple[str, ...] = ()
 
 
+# Settings that change how a job runs but not what it writes. They are left out of every stage's
+# slice (so changing one reruns nothing) and reach a job through its rule's --runtime file instead.
+RUNTIME_KEYS: frozenset[str] = frozenset({
+    "train.log_every", "train.checkpoint_every", "train.device",
+    "evaluate.device", "evaluate.batch_size",
+    "gcg.device", "gcg.batch_samples", "gcg.max_candidates_per_forward", "gcg.compile",
+    "invert.device", "invert.batch_samples",
+    "judge.device", "pilot.device",
+})
+
+# The pilot's stages each hold the settings of the stages before them, so that the attacks and the
+# table rerun whenever the trained classifiers would change, even if a killed retrain left the old
+# outputs behind (Snakemake does not rebuild a missing intermediate file on its own).
+_PILOT_EMBED = (
+    "pilot.dataset", "pilot.revision", "pilot.max_chars", "pilot.generated_examples", "pilot.generated_seed",
+    "pilot.encoder", "pilot.encoder_revision", "pilot.max_tokens", "pilot.embed_batch_size", "pilot.device",
+)
+_PILOT_TRAIN = _PILOT_EMBED + (
+    "pilot.hidden_sizes", "pilot.samples_per_class", "pilot.lambda_ce", "pilot.lambda_pag", "pilot.lr",
+    "pilot.batch_size", "pilot.epochs", "pilot.validation_fraction", "pilot.seed",
+)
+_PILOT_ATTACK = _PILOT_TRAIN + (
+    "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.square_eps", "pilot.square_queries", "pilot.square_samples",
+    "pilot.fgsm_alphas", "pilot.sweep_start", "pilot.sweep_stop", "pilot.sweep_step", "pilot.attack_samples",
+    "pilot.attack_batch_size", "statistics.confidence",
+)
+
 # Keyed by rule name. The rule passes stage_slice(config, rule) to `ilm`, so Snakemake reruns a
 # stage exactly when a setting it reads changes (changing gcg.examples reruns only that table).
 STAGES: dict[str, Scope] = {
@@ -93,22 +123,11 @@ STAGES: dict[str, Scope] = {
     # the PAG pilot (workflow/rules/pilot.smk)
     "download_pilot_data": Scope(("pilot.dataset", "pilot.revision")),
     "download_pilot_encoder": Scope(("pilot.encoder", "pilot.encoder_revision")),
-    "embed_pilot": Scope(
-        ("pilot.dataset", "pilot.revision", "pilot.max_chars", "pilot.generated_examples", "pilot.generated_seed",
-         "pilot.encoder", "pilot.encoder_revision", "pilot.max_tokens", "pilot.embed_batch_size", "pilot.device")
-    ),
-    "train_pilot": Scope(
-        ("pilot.hidden_sizes", "pilot.samples_per_class", "pilot.lambda_ce", "pilot.lambda_pag", "pilot.lr",
-         "pilot.batch_size", "pilot.epochs", "pilot.validation_fraction", "pilot.seed", "pilot.device")
-    ),
-    "attack_pilot": Scope(
-        ("pilot.hidden_sizes", "pilot.seed", "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.square_eps",
-         "pilot.square_queries", "pilot.square_samples", "pilot.fgsm_alphas", "pilot.sweep_start",
-         "pilot.sweep_stop", "pilot.sweep_step", "pilot.attack_samples", "pilot.attack_batch_size",
-         "pilot.device", "statistics.confidence")
-    ),
-    "tabulate_pag_pilot": Scope(("statistics.confidence",)),
-    "plot_pag_fgsm_sweep": Scope(("statistics.confidence",)),
+    "embed_pilot": Scope(_PILOT_EMBED),
+    "train_pilot": Scope(_PILOT_TRAIN),
+    "attack_pilot": Scope(_PILOT_ATTACK),
+    "tabulate_pag_pilot": Scope(_PILOT_ATTACK),
+    "plot_pag_fgsm_sweep": Scope(_PILOT_ATTACK),
     # grounding (workflow/rules/invert.smk)
     "count_bigrams": Scope(()),
     "select_invert_samples": Scope(
@@ -116,7 +135,7 @@ STAGES: dict[str, Scope] = {
          "invert.count", "invert.sample_seed", "invert.shards")
     ),
     "invert_shard": Scope(("data", "model", "objective", "invert"), drop=("invert.examples", "invert.example_words")),
-    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words", "invert.batch_samples")),
+    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words")),
     "fetch_judges": Scope(("judge.similarity_model", "judge.perplexity_model")),
     "judge_inversion": Scope(("judge",)),
     "judge_attacks": Scope(("judge",), drop=("judge.ppl_words",)),
@@ -147,29 +166,73 @@ def scope_keys(scope: Scope) -> frozenset[str]:
     return frozenset(keys - set(scope.drop))
 
 
-def stage_slice(config: Mapping, stage: str) -> dict:
-    """The part of a validated `config` that `stage` reads, nested by section."""
+def _nested(config: Mapping, dotted_keys: Iterable[str]) -> dict:
+    """The values of `dotted_keys` in `config`, nested by section, numbers in canonical form."""
     sliced: dict = {}
-    for dotted in sorted(scope_keys(_stage(stage))):
+    for dotted in sorted(dotted_keys):
         section, _, key = dotted.partition(".")
         if key:
-            sliced.setdefault(section, {})[key] = copy.deepcopy(config[section][key])
+            sliced.setdefault(section, {})[key] = canonical_numbers(config[section][key])
         else:
-            sliced[section] = copy.deepcopy(config[section])
+            sliced[section] = canonical_numbers(config[section])
     return sliced
+
+
+def stage_slice(config: Mapping, stage: str) -> dict:
+    """The settings of a validated `config` that shape `stage`'s outputs, nested by section (no run-time keys)."""
+    return _nested(config, scope_keys(_stage(stage)) - RUNTIME_KEYS)
+
+
+def runtime_slice(config: Mapping) -> dict:
+    """The run-time settings of a validated `config` (RUNTIME_KEYS), nested by section."""
+    return _nested(config, RUNTIME_KEYS)
+
+
+def shaping_config(config: Mapping) -> dict:
+    """A validated `config` without its run-time settings and studies, numbers canonical: what results depend on."""
+    out = canonical_numbers({k: v for k, v in config.items() if k != "studies"})
+    for dotted in RUNTIME_KEYS:
+        section, key = dotted.split(".", 1)
+        out.get(section, {}).pop(key, None)
+    return out
+
+
+def canonical_numbers(value: Any) -> Any:
+    """A deep copy of `value` with every integral float as an int, so 65536.0 and 65536 hash alike."""
+    if isinstance(value, Mapping):
+        return {k: canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical_numbers(v) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return copy.deepcopy(value)
 
 
 def write_stage_config(config: Mapping, stage: str, directory: Path | str) -> Path:
     """Write `stage`'s config slice to directory/<stage>-<content hash>.json (once) and return the path.
 
     The name changes exactly when the slice does, so a rule that passes this path as a param is
-    rerun by Snakemake when, and only when, a setting it reads changes, while its shell line and
-    Snakemake's "params have changed" message stay one short path long.
+    rerun by Snakemake when, and only when, a setting that shapes its outputs changes, while its
+    shell line and Snakemake's "params have changed" message stay one short path long.
     """
     from ilm.io import write_named_by_content
 
     text = json.dumps(stage_slice(config, stage), sort_keys=True, indent=1) + "\n"
     return write_named_by_content(directory, stage, ".json", text)
+
+
+def write_runtime_config(config: Mapping, directory: Path | str) -> Path:
+    """Write the run-time settings to directory/runtime-<content hash>.json (once) and return the path.
+
+    Rules pass it in their shell line (`--runtime`), never as a param: Snakemake compares params,
+    not the formatted command, so a changed device or batch size reaches the next job without
+    rerunning a finished one.
+    """
+    from ilm.io import write_named_by_content
+
+    text = json.dumps(runtime_slice(config), sort_keys=True, indent=1) + "\n"
+    return write_named_by_content(directory, "runtime", ".json", text)
+
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -413,6 +476,40 @@ def _evaluate_top_k_fits_vocab(cfg: dict) -> None:
         _fail(f"evaluate.top_k holds {largest}, more than model.vocab_size ({vocab}); every k must be at most it")
 
 
+def _sweep_bounds(cfg: dict) -> None:
+    pilot = cfg["pilot"]
+    if pilot["sweep_start"] >= pilot["sweep_stop"]:
+        _fail(
+            f"pilot.sweep_start ({pilot['sweep_start']:g}) must be below pilot.sweep_stop ({pilot['sweep_stop']:g}): "
+            "the FGSM sweep runs from start up to stop; swap them or raise pilot.sweep_stop"
+        )
+
+
+def _check_name(key: str, value: str, what: str) -> None:
+    """A name passed on to a command line: not empty, and not taken for an option."""
+    if not value.strip():
+        _fail(f"{key} is empty; give {what}")
+    if value.startswith("-"):
+        _fail(f"{key} ({value!r}) starts with '-', which a command would take for an option; "
+              f"give {what} (a local path as ./{value})")
+
+
+def _data_source_named(cfg: dict) -> None:
+    _check_name("data.source", cfg["data"]["source"],
+                'a Hub dataset id, a local file or folder, or "generated"')
+
+
+def _judges_named(cfg: dict) -> None:
+    for role in ("similarity", "perplexity"):
+        _check_name(f"judge.{role}_model", cfg["judge"][f"{role}_model"],
+                    "a Hub id, packaged:<name> or a local model folder")
+
+
+def _pilot_sources_named(cfg: dict) -> None:
+    _check_name("pilot.dataset", cfg["pilot"]["dataset"], 'a Hub dataset id or "generated"')
+    _check_name("pilot.encoder", cfg["pilot"]["encoder"], "a Hub id or packaged:<name>")
+
+
 # (keys the rule reads, check): rules across keys that a JSON Schema cannot state. Studies are
 # checked by ilm.studies.check_studies (it validates each point with this module), which the
 # Snakefile calls after validate_config.
@@ -429,6 +526,10 @@ _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("evaluate.top_k", "model.vocab_size"), _evaluate_top_k_fits_vocab),
     (("invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "data.window"), _inversion_fits_window),
     (("invert.beam", "invert.top_k", "model.vocab_size"), _invert_top_k_fits),
+    (("pilot.sweep_start", "pilot.sweep_stop"), _sweep_bounds),
+    (("data.source",), _data_source_named),
+    (("judge.similarity_model", "judge.perplexity_model"), _judges_named),
+    (("pilot.dataset", "pilot.encoder"), _pilot_sources_named),
 ]
 
 
@@ -473,18 +574,27 @@ def load_config(
     """Read a YAML/JSON config file (or none), deep-merge `overrides` and validate (for `stage`, if given)."""
     cfg: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            cfg = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"config file {path} must hold a mapping of sections, not {type(cfg).__name__}")
+        cfg = read_yaml(path)
     if overrides:
         cfg = deep_merge(cfg, overrides)
     return validate_config(cfg, stage=stage)
+
+
+def read_yaml(path: Path | str) -> dict:
+    """A YAML (or JSON) config file as a mapping; a syntax error names the file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"config file {path}{where}: not valid YAML ({problem}); fix that line") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {path} must hold a mapping of sections, not {type(cfg).__name__}")
+    return cfg
 
 
 def load_config_unchecked(path: Path, overrides: Optional[Mapping] = None) -> dict:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ilm.download import is_hub_id, read_download_record
+from ilm.download import is_hub_id, read_download_record, verify_download
 from ilm.io import fingerprints, provenance, remove_path, settle, temp_sibling, write_json
 from ilm.names import EOT_MARKER, SPECIAL_TOKENS
 from ilm.progress import Progress
@@ -154,6 +154,8 @@ def _load_hf(source: str, data_cfg: dict):
     import datasets
 
     revision = data_cfg["revision"] if is_hub_id(source) else None  # a local copy is one revision already
+    if Path(source).is_dir():
+        verify_download(source, "fetch it again with `snakemake --forcerun download_data`")
     try:
         loaded = datasets.load_dataset(source, revision=revision)
     except Exception as e:  # noqa: BLE001 - any loading failure is a bad data.source; re-raised

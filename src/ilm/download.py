@@ -86,3 +86,27 @@ def read_download_record(folder: Path) -> Optional[dict]:
     """The record download_dataset left in `folder`, or None for a folder it did not make."""
     path = Path(folder) / DOWNLOAD_RECORD
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def verify_download(folder: Path | str, rebuild: str) -> None:
+    """Check every file of a downloaded `folder` against the SHA-256 its .download.json records.
+
+    Raises one line naming the first file that is missing or differs, and `rebuild` (the command
+    that downloads it again). A folder without a record (a local copy the user made) is not checked.
+    """
+    folder = Path(folder)
+    try:
+        record = read_download_record(folder)
+    except (OSError, json.JSONDecodeError):
+        raise ValueError(f"{folder / DOWNLOAD_RECORD} is unreadable; {rebuild}") from None
+    if record is None:
+        return
+    for name, digest in sorted(record.get("files_sha256", {}).items()):
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing from the download recorded in {folder / DOWNLOAD_RECORD}; {rebuild}")
+        if file_sha256(path) != digest:
+            raise ValueError(
+                f"{path} does not match the SHA-256 recorded in {folder / DOWNLOAD_RECORD} "
+                f"(truncated or changed since the download); {rebuild}"
+            )

@@ -206,6 +206,34 @@ def provenance(
     return meta
 
 
+def check_safetensors(path: Path | str, rebuild: str) -> None:
+    """Raise one line naming `path` and `rebuild` (the command that remakes it) unless it is a whole safetensors file.
+
+    Reads only the header: its length, its JSON, and that the tensors' data ends where the file does
+    (a truncated or cut-off copy fails here rather than deep inside the loader, with a traceback).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; {rebuild}")
+    size = path.stat().st_size
+    problem = None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                problem = f"its header does not fit in its {size} bytes"
+            else:
+                header = json.loads(f.read(n))
+                ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+                if 8 + n + max(ends, default=0) != size:
+                    problem = f"its tensors need {8 + n + max(ends, default=0)} bytes, the file has {size}"
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        problem = f"its header is unreadable ({type(e).__name__})"
+    if problem is not None:
+        raise ValueError(f"{path} is truncated or corrupt ({problem}); {rebuild}")
+
+
 def model_fingerprint(model_dir: Path | str) -> str:
     """SHA-256 over a model directory's config.json and weights: which model produced a result."""
     model_dir = Path(model_dir)

@@ -15,13 +15,14 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from ilm.download import DOWNLOAD_RECORD, is_hub_id
-from ilm.io import atomic_path, file_sha256, provenance, remove_path
+from ilm.download import DOWNLOAD_RECORD, is_hub_id, read_download_record, verify_download
+from ilm.io import atomic_path, check_safetensors, file_sha256, provenance, remove_path
 from ilm.packaged import PACKAGED_PREFIX, extract_packaged, is_packaged
 
 if TYPE_CHECKING:  # torch loads when a judge does: the Snakefile imports this module to resolve judge folders
@@ -181,12 +182,43 @@ def load_judges(similarity_dir: Path, perplexity_dir: Path, config: Mapping) -> 
     for name, folder in (("similarity", similarity_dir), ("perplexity", perplexity_dir)):
         if not Path(folder).is_dir():
             raise ValueError(f"{name} judge folder {folder} does not exist; run fetch_judges (or fix judge.{name}_model)")
+        check_judge_files(Path(folder), name)
     device = resolve_device(cfg["device"])
     log.info("judges on %s: similarity %s, perplexity %s", device, similarity_dir, perplexity_dir)
     return (
         SimilarityJudge(str(similarity_dir), device, cfg["similarity_batch"]),
         PerplexityJudge(str(perplexity_dir), device, cfg["perplexity_batch"], cfg["max_length"]),
     )
+
+
+def check_judge_files(folder: Path, role: str) -> None:
+    """A judge folder's files are whole: a fetched one matches its .download.json, every safetensors file its header."""
+    fetched = read_download_record(folder) is not None
+    rebuild = (
+        "fetch it again with `snakemake --forcerun fetch_judges`" if fetched
+        else f"replace it (judge.{role}_model), or, for a model this workflow trains, delete {folder} and run "
+             "`snakemake` to retrain it"
+    )
+    verify_download(folder, rebuild)
+    for path in sorted(folder.rglob("*.safetensors")):
+        check_safetensors(path, rebuild)
+
+
+def check_local_judges(config: Mapping, trained_root: str, variants: Sequence[str]) -> None:
+    """At start-up: a judge given as a local folder exists, or is a model this workflow trains (trained_root/<v>)."""
+    for role in ("similarity", "perplexity"):
+        key = f"judge.{role}_model"
+        spec = config["judge"][f"{role}_model"]
+        if needs_fetch(spec):
+            continue
+        parent, name = os.path.split(os.path.normpath(spec))
+        if parent == os.path.normpath(trained_root) and name in variants:
+            continue
+        if not Path(spec).is_dir():
+            raise ValueError(
+                f"{key} names the local folder {spec!r}, which does not exist; give an existing model folder, "
+                "a Hub id (owner/name) or packaged:<name>"
+            )
 
 
 def judges_named(config: Mapping, baseline_dir: str = "results/models/base") -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ilm.config import load_schema, validate_config
+from ilm.config import RUNTIME_KEYS, load_schema, shaping_config, validate_config
 
 SWEEPABLE_SECTIONS = ("model", "objective", "train", "evaluate", "gcg")
 DEFAULT_VARIANTS = ("identity", "bert_like", "inv_first")
@@ -84,6 +84,11 @@ def _check_keys(name: str, settings: Mapping[str, list]) -> None:
                 f"studies.grids.{name}.settings: {dotted!r} is not a setting a study can sweep; "
                 f"use a key of {', '.join(SWEEPABLE_SECTIONS)} (data and corpus are shared by every point)"
             )
+        if dotted in RUNTIME_KEYS:
+            raise ValueError(
+                f"studies.grids.{name}.settings: {dotted!r} is a run-time setting (device, batch size, logging), "
+                "which changes no result; sweep a setting that does"
+            )
 
 
 def study(config: Mapping, name: str) -> Study:
@@ -148,7 +153,8 @@ def check_seed_study(config: Mapping) -> None:
 
 
 def _comparable(config: Mapping) -> str:
-    return json.dumps({k: v for k, v in config.items() if k != "studies"}, sort_keys=True)
+    """What a run's results depend on: no studies, no run-time settings, 65536.0 written as 65536."""
+    return json.dumps(shaping_config(config), sort_keys=True)
 
 
 def reuses_main_run(config: Mapping, study_name: str, point: Point) -> bool:

@@ -12,8 +12,9 @@ rule select_gcg_samples:
     params:
         data_dir=input_dir("test"),
         config=config_file("select_gcg_samples"),
+        runtime=runtime_file,
     shell:
-        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} > {log} 2>&1"
+        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule attack_gcg_shard:
@@ -37,9 +38,10 @@ rule attack_gcg_shard:
         model_dir=model_dir,
         data_dir=input_dir("test"),
         config=config_file("attack_gcg_shard"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} gcg-attack --model {params.model_dir} --data-dir {params.data_dir} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule summarise_gcg:
@@ -61,11 +63,12 @@ rule summarise_gcg:
     params:
         model_dir=model_dir,
         config=config_file("summarise_gcg"),
+        runtime=runtime_file,
     shell:
         "ilm gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
         " --variant {wildcards.variant} --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
         " --curves-out {output.curves}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 # The gradient-free control (docs/method.md §4.2): the same search, width, steps and windows with candidates
@@ -120,6 +123,7 @@ rule transfer_gcg:
         variants=VARIANTS,
         model_dirs=[f"{RESULTS}/models/{v}" for v in VARIANTS],
         config=config_file("transfer_gcg"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} gcg-transfer --variants {params.variants} --models {params.model_dirs}"
-        " --attacks {input.attacks} --out {output.table} --config {params.config} > {log} 2>&1"
+        " --attacks {input.attacks} --out {output.table} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

@@ -31,8 +31,9 @@ rule tabulate_claims:
     params:
         stem=output_stem,
         config=config_file("tabulate_claims"),
+        runtime=runtime_file,
     shell:
-        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_gcg_robustness:
@@ -74,8 +75,9 @@ rule tabulate_gcg_robustness:
     params:
         stem=output_stem,
         config=config_file("tabulate_gcg_robustness"),
+        runtime=runtime_file,
     shell:
-        "ilm table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 # --- the seed study: the same attacks per replicate, and one claims table over every seed ---
@@ -154,5 +156,6 @@ rule tabulate_seed_claims:
     params:
         stem=output_stem,
         config=config_file("tabulate_claims"),
+        runtime=runtime_file,
     shell:
-        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

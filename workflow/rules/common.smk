@@ -2,11 +2,17 @@
 import json
 import os
 
-from ilm.config import check_data_stats, deep_merge, validate_config, write_stage_config
+from ilm.config import (
+    check_data_stats,
+    deep_merge,
+    validate_config,
+    write_runtime_config,
+    write_stage_config,
+)
 from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
 from ilm.io import write_named_by_content
-from ilm.judges import JUDGE_ROOT, judge_folder, needs_fetch
+from ilm.judges import JUDGE_ROOT, check_local_judges, judge_folder, needs_fetch
 from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
 from ilm.pilot.config import PILOT_VARIANTS
 from ilm.pilot.data import encoder_folder as pilot_encoder_dir
@@ -60,6 +66,19 @@ wildcard_constraints:
     study=r"[A-Za-z][A-Za-z0-9_]*",
     point=r"[A-Za-z0-9_.=+-]+",
     pilot_variant="|".join(PILOT_VARIANTS),
+
+
+# Devices, batch sizes and logging cadence (ilm.config.RUNTIME_KEYS), for every `ilm` call that reads settings.
+RUNTIME = str(write_runtime_config(config, ".snakemake/ilm/config"))
+
+
+def runtime_file(wildcards, input):
+    """The run-time settings file, as a param that Snakemake does not compare (pass it as `--runtime`).
+
+    A param function that takes `input` is derived from the inputs, so Snakemake leaves it out of its
+    "params have changed" check: a new device or batch size reaches the next job and reruns no finished one.
+    """
+    return RUNTIME
 
 
 def config_file(stage, overrides=None):
@@ -117,8 +136,12 @@ def metric_files(name):
 
 
 def study_targets(name):
-    """A study's table and figure (workflow/rules/studies.smk); the seed study's claims table too."""
+    """A study's table and figure (workflow/rules/studies.smk); the seed study's claims table too.
+
+    With the models its points train, so that a deleted one is retrained (see model_targets).
+    """
     return [
+        *study_model_files(name),
         *expand(
             f"{RESULTS}/studies/{name}/study.{{ext}}",
             ext=["csv", "md", "tex", "pdf", "png"],
@@ -156,6 +179,7 @@ JUDGE_DIRS = {
     role: judge_folder(config["judge"][f"{role}_model"])
     for role in ("similarity", "perplexity")
 }
+check_local_judges(config, trained_root=f"{RESULTS}/models", variants=VARIANT_NAMES)
 FETCHED_JUDGES = {
     os.path.basename(JUDGE_DIRS[role]): config["judge"][f"{role}_model"]
     for role in JUDGE_DIRS
@@ -173,8 +197,26 @@ def judge_inputs(wildcards):
     return inputs
 
 
+def model_targets():
+    """Every trained model's files: a target, so a deleted model folder is retrained (and what read it rerun).
+
+    Snakemake rebuilds a missing file only when a job that needs to run asks for it; without these, a
+    removed results/models/<v>/ or results/pilot/models/<v>/ went unnoticed behind its finished metrics.
+    """
+    pilot = PILOT["variants"] if PILOT["enabled"] else []
+    return [
+        *(path for v in VARIANTS for path in model_files(variant=v)),
+        *(
+            f"{PILOT_DIR}/models/{v}/{name}"
+            for v in pilot
+            for name in ("classifier.safetensors", "train_log.csv", "run.json")
+        ),
+    ]
+
+
 def all_targets():
     return [
+        *model_targets(),
         *claims_targets(),
         *(pilot_targets() if PILOT["enabled"] else []),
         *grounding_targets(),
@@ -252,6 +294,17 @@ def claims_targets():
             ext=["csv", "md", "tex"],
         ),
     ]
+
+
+def study_model_files(name):
+    """The model files of every point of study `name` that does not reuse the main run."""
+    s = STUDIES[name]
+    paths = []
+    for point in s.points:
+        root = point_root(config, name, point, RESULTS)
+        if root != RESULTS:
+            paths += [path for v in s.variants for path in model_files(root, v)]
+    return paths
 
 
 def seed_claims_targets(name):

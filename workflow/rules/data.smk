@@ -56,6 +56,7 @@ rule prepare_data:
         data_dir=lambda wildcards, output: os.path.dirname(output.stats),
         source=corpus_source(),
         config=config_file("prepare_data"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"

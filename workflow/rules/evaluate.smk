@@ -20,7 +20,8 @@ rule evaluate_model:
         model_dir=model_dir,
         data_dir=input_dir("test"),
         config=config_file("evaluate_model"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
         " --forward-out {output.forward} --inverse-out {output.inverse} --windows-out {output.windows}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"

@@ -14,8 +14,9 @@ rule count_bigrams:
     params:
         data_dir=input_dir("train"),
         config=config_file("count_bigrams"),
+        runtime=runtime_file,
     shell:
-        "ilm bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} > {log} 2>&1"
+        "ilm bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule select_invert_samples:
@@ -31,8 +32,9 @@ rule select_invert_samples:
     params:
         data_dir=input_dir("test"),
         config=config_file("select_invert_samples"),
+        runtime=runtime_file,
     shell:
-        "ilm invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} > {log} 2>&1"
+        "ilm invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule invert_shard:
@@ -57,10 +59,11 @@ rule invert_shard:
         model_dir=model_dir,
         data_dir=input_dir("test"),
         config=config_file("invert_shard"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
         " --data-dir {params.data_dir} --bigram {input.bigram} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule summarise_inversion:
@@ -87,10 +90,11 @@ rule summarise_inversion:
         model_dir=model_dir,
         data_dir=DATA,
         config=config_file("summarise_inversion"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} invert-summary --method {wildcards.method} --shards {input.shards}"
         " --plan {input.plan} --model {params.model_dir} --data-dir {params.data_dir} --out {output.metrics}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_inversion:
@@ -118,9 +122,10 @@ rule tabulate_inversion:
     params:
         stem=output_stem,
         config=config_file("tabulate_inversion"),
+        runtime=runtime_file,
     shell:
         "ilm table inversion --inputs {input.metrics} {input.judged}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_inversion_examples:
@@ -145,6 +150,7 @@ rule tabulate_inversion_examples:
     params:
         stem=output_stem,
         config=config_file("tabulate_inversion_examples"),
+        runtime=runtime_file,
     shell:
         "ilm table inversion_examples --inputs {input.judged}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

@@ -40,10 +40,11 @@ rule judge_inversion:
         similarity=JUDGE_DIRS["similarity"],
         perplexity=JUDGE_DIRS["perplexity"],
         config=config_file("judge_inversion"),
+        runtime=runtime_file,
     shell:
         "HF_HUB_OFFLINE=1 ilm --threads {threads} judge-inversion --metrics {input.metrics}"
         " --tokenizer {input.tokenizer} --similarity-judge {params.similarity}"
-        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} > {log} 2>&1"
+        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule judge_attacks:
@@ -67,10 +68,11 @@ rule judge_attacks:
         similarity=JUDGE_DIRS["similarity"],
         perplexity=JUDGE_DIRS["perplexity"],
         config=config_file("judge_attacks"),
+        runtime=runtime_file,
     shell:
         "HF_HUB_OFFLINE=1 ilm --threads {threads} judge-attacks --metrics {input.metrics}"
         " --tokenizer {input.tokenizer} --similarity-judge {params.similarity}"
-        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} > {log} 2>&1"
+        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_gcg_naturalness:
@@ -97,6 +99,7 @@ rule tabulate_gcg_naturalness:
     params:
         stem=output_stem,
         config=config_file("tabulate_gcg_naturalness"),
+        runtime=runtime_file,
     shell:
         "ilm table gcg_naturalness --inputs {input.metrics}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

@@ -55,9 +55,10 @@ rule embed_pilot:
             f"--source {input.source}" if "source" in input.keys() else ""
         ),
         config=config_file("embed_pilot"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} pilot embed --encoder-dir {input.encoder} {params.source} --train-out {output.train}"
-        " --test-out {output.test} --info-out {output.info} --config {params.config} > {log} 2>&1"
+        " --test-out {output.test} --info-out {output.info} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule train_pilot:
@@ -79,10 +80,11 @@ rule train_pilot:
         runtime=240,
     params:
         config=config_file("train_pilot"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} pilot train --variant {wildcards.pilot_variant} --train {input.train}"
         " --info {input.info} --model-out {output.model} --log-out {output.log} --run-out {output.run}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule attack_pilot:
@@ -103,9 +105,10 @@ rule attack_pilot:
         runtime=240,
     params:
         config=config_file("attack_pilot"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} pilot attack --variant {wildcards.pilot_variant} --model {input.model}"
-        " --run {input.run} --test {input.test} --out {output.metrics} --config {params.config} > {log} 2>&1"
+        " --run {input.run} --test {input.test} --out {output.metrics} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_pag_pilot:
@@ -132,8 +135,9 @@ rule tabulate_pag_pilot:
     params:
         stem=output_stem,
         config=config_file("tabulate_pag_pilot"),
+        runtime=runtime_file,
     shell:
-        "ilm pilot table --inputs {input.metrics} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm pilot table --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule plot_pag_fgsm_sweep:
@@ -154,5 +158,6 @@ rule plot_pag_fgsm_sweep:
     params:
         stem=output_stem,
         config=config_file("plot_pag_fgsm_sweep"),
+        runtime=runtime_file,
     shell:
-        "ilm pilot figure --inputs {input.metrics} --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        "ilm pilot figure --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

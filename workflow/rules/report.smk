@@ -31,9 +31,10 @@ rule tabulate_setup:
     params:
         stem=output_stem,
         config=config_file("tabulate_setup"),
+        runtime=runtime_file,
     shell:
         "ilm table setup --inputs {input.stats} {input.runs} {input.configs} {input.weights}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_token_entropy:
@@ -208,9 +209,10 @@ rule tabulate_gcg_summary:
     params:
         stem=output_stem,
         config=config_file("tabulate_gcg_summary"),
+        runtime=runtime_file,
     shell:
         "ilm table gcg_summary --inputs {input.metrics}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_gcg_examples:
@@ -236,9 +238,10 @@ rule tabulate_gcg_examples:
     params:
         stem=output_stem,
         config=config_file("tabulate_gcg_examples"),
+        runtime=runtime_file,
     shell:
         "ilm table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule plot_gcg_success_rate:
@@ -259,6 +262,7 @@ rule plot_gcg_success_rate:
     params:
         stem=output_stem,
         config=config_file("plot_gcg_success_rate"),
+        runtime=runtime_file,
     shell:
         "ilm figure gcg_success_rate --inputs {input.sweeps}"
-        " --out-stem {params.stem} --config {params.config} > {log} 2>&1"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

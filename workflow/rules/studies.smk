@@ -95,6 +95,7 @@ rule summarise_study:
         manifest=study_manifest,
         stem=output_stem,
         config=config_file("summarise_study"),
+        runtime=runtime_file,
     shell:
         "ilm summarise-study --manifest {params.manifest} --table-stem {params.stem} --figure-stem {params.stem}"
-        " --config {params.config} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"

@@ -19,6 +19,7 @@ rule train_model:
         model_dir=lambda wildcards, output: os.path.dirname(output.model[0]),
         checkpoints=f"{RESULTS}/checkpoints/{{variant}}",
         config=config_file("train_model"),
+        runtime=runtime_file,
     shell:
         "ilm --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {params.model_dir}"
-        " --checkpoint-dir {params.checkpoints} --config {params.config} > {log} 2>&1"
+        " --checkpoint-dir {params.checkpoints} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

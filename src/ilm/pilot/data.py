@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ilm.download import DOWNLOAD_RECORD, local_folder, read_download_record
-from ilm.io import atomic_path, file_sha256, fingerprints, provenance, write_json
+from ilm.download import DOWNLOAD_RECORD, local_folder, read_download_record, verify_download
+from ilm.io import atomic_path, check_safetensors, file_sha256, fingerprints, provenance, write_json
 from ilm.packaged import PACKAGED_PREFIX, extract_packaged
 from ilm.pilot.config import PilotConfig
 from ilm.progress import Progress
@@ -79,6 +79,7 @@ def load_texts(cfg: PilotConfig, source: Optional[Path]) -> dict[str, tuple[list
             raise ValueError(f"pilot.dataset {cfg.dataset!r} needs its downloaded folder (run download_pilot_data)")
         import datasets
 
+        verify_download(source, "fetch it again with `snakemake --forcerun download_pilot_data`")
         ds = datasets.load_dataset(str(source))
         splits = {}
         for split in ("train", "test"):
@@ -149,6 +150,7 @@ def load_encoder(folder: Path, device: str):
     """(tokenizer, model) of a local encoder folder, through AutoModel (no head), in eval mode."""
     from transformers import AutoModel, AutoTokenizer
 
+    verify_download(folder, "fetch it again with `snakemake --forcerun download_pilot_encoder`")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).to(device).eval()
     return tokenizer, model
@@ -190,6 +192,7 @@ def read_embeddings(path: Path):
     """(embeddings (N, D) float32, labels (N,) int64) of a file write_embeddings made."""
     from safetensors.torch import load_file
 
+    check_safetensors(path, "embed the texts again with `snakemake --forcerun embed_pilot`")
     tensors = load_file(str(path))
     return tensors["embeddings"], tensors["labels"]
 

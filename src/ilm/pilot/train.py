@@ -194,6 +194,9 @@ def save_classifier(model: PilotMLP, path: Path) -> None:
 def load_classifier(path: Path, dim: int, cfg: PilotConfig, classes: int, device: str) -> PilotMLP:
     from safetensors.torch import load_file
 
+    from ilm.io import check_safetensors
+
+    check_safetensors(path, "train it again with `snakemake --forcerun train_pilot`")
     model = PilotMLP(dim, cfg.hidden_sizes, classes)
     model.load_state_dict(load_file(str(path)))
     return model.to(device).eval()
