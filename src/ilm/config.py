@@ -119,7 +119,7 @@ STAGES: dict[str, Scope] = {
     "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words", "invert.batch_samples")),
     "fetch_judges": Scope(("judge.similarity_model", "judge.perplexity_model")),
     "judge_inversion": Scope(("judge",)),
-    "judge_attacks": Scope(("judge",), drop=("judge.ppl_words",)),
+    "judge_attacks": Scope(("judge",), drop=("judge.ppl_words", "judge.ppl_bos")),
     "tabulate_inversion": Scope(("judge.similarity_model", "judge.perplexity_model", "judge.ppl_words")),
     "tabulate_inversion_examples": Scope(
         ("invert.examples", "invert.example_words", "judge.similarity_model", "judge.perplexity_model")
