@@ -102,7 +102,8 @@ STAGES: dict[str, Scope] = {
          "pilot.batch_size", "pilot.epochs", "pilot.validation_fraction", "pilot.seed", "pilot.device")
     ),
     "attack_pilot": Scope(
-        ("pilot.hidden_sizes", "pilot.seed", "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.square_eps",
+        ("pilot.hidden_sizes", "pilot.seed", "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.apgd_restarts",
+         "pilot.square_eps",
          "pilot.square_queries", "pilot.square_samples", "pilot.fgsm_alphas", "pilot.sweep_start",
          "pilot.sweep_stop", "pilot.sweep_step", "pilot.attack_samples", "pilot.attack_batch_size",
          "pilot.device", "statistics.confidence")
