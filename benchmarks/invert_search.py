@@ -47,15 +47,16 @@ def naive_invert(model: torch.nn.Module, method: str, counts: torch.Tensor, suff
     """One sample's beams (best first) and scores: a plain right-to-left beam search on its own.  suffix: (Ls,)"""
     inv, obj = config["invert"], config["objective"]
     _, gradient_only = parse_variant(method)
-    place = placeholder_fn(method, inv["placeholder"], ObjectiveConfig.from_section(obj).placeholder_id, counts)
+    objective = ObjectiveConfig.from_section(obj)
+    place = placeholder_fn(method, inv["placeholder"], objective.placeholder_id, counts)
     beams = suffix.unsqueeze(0)  # (b, L): one beam, the suffix
     scores = torch.zeros(1)
     for step in range(inv["prefix_length"]):
         ids = torch.cat([place(beams).unsqueeze(1), beams], dim=1)  # (b, L+1)
         with torch.enable_grad():
             x = embed(model, ids).detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(forward_ce(model, x, ids[:, 1:], reduction="sum"), x)
-        g = grad[:, 0] / obj["grad_scale_tokens"]  # (b, d)
+            (grad,) = torch.autograd.grad(forward_ce(model, x, objective.next_targets(ids), reduction="sum"), x)
+        g = grad[:, 0] / (ids.shape[1] if inv["grad_scale"] == "paper" else obj["grad_scale_tokens"])  # (b, d)
         with torch.no_grad():
             v = g if gradient_only else x[:, 0] - g
             tokens = project_to_vocab(model, v).topk(inv["top_k"], dim=1).indices  # (b, K)

@@ -11,19 +11,29 @@ from typing import Optional
 
 import torch
 
-from ilm.names import BOS_ID, PAD_ID
+from ilm.names import BOS_ID, PAD_ID, UNK_ID
 
 
-def sequence_gradient(model, ids_row: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, g) of one sequence: its embedding rows (T, d) and d(summed next-token CE)/dx / scale (T, d)."""
+def sequence_gradient(
+    model, ids_row: torch.Tensor, scale: float, last_unk: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, g) of one sequence: its embedding rows (T, d) and d(summed next-token CE)/dx / scale (T, d).
+
+    last_unk: the last position is scored against <unk> too (the paper's shift_labels)."""
     x = model.model.embed_tokens.weight.detach()[ids_row].clone().unsqueeze(0).requires_grad_(True)  # (1, T, d)
-    logits = model(inputs_embeds=x).logits[0, :-1]  # (T-1, V)
-    return x.detach()[0], _grad_of_nll(logits, ids_row, x, scale)
+    return x.detach()[0], _grad_of_nll(model(inputs_embeds=x).logits[0], ids_row, x, scale, last_unk)
 
 
-def _grad_of_nll(logits, ids_row, x, scale):
-    nll = -torch.log_softmax(logits, -1).gather(1, ids_row[1:, None]).sum()
-    (g,) = torch.autograd.grad(nll, x)
+def sequence_nll(logits: torch.Tensor, ids_row: torch.Tensor, last_unk: bool = False) -> torch.Tensor:
+    """Per-position next-token NLL of one sequence from its logits (T, V): T-1 terms, or T with <unk> last."""
+    targets = ids_row[1:]
+    if last_unk:
+        targets = torch.cat([targets, torch.tensor([UNK_ID])])
+    return -torch.log_softmax(logits[: len(targets)], -1).gather(1, targets[:, None])[:, 0]
+
+
+def _grad_of_nll(logits, ids_row, x, scale, last_unk=False):
+    (g,) = torch.autograd.grad(sequence_nll(logits, ids_row, last_unk).sum(), x)
     return g[0] / scale
 
 
@@ -44,12 +54,16 @@ def inverse_rows(
     with_g: bool = True,
     placeholder: int = PAD_ID,
     exclude_last: bool = False,
+    last_unk: bool = False,
+    x_value: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(inverse logits (M, V), targets (M,)) of a protocol, one sequence at a time.
 
     identity: every position (but the last with exclude_last) classifies its own token from
     x - g (or g); bert_like: `positions` (N, k) hold the placeholder and are classified;
     inv_first: position 0 holds <s> and is classified. Without g: from x (or from 0).
+    last_unk: g includes the last position's <unk> term; x_value: x is that constant vector
+    (the paper's Bert-like 3*1 - g) instead of the embedding rows.
     """
     logits, targets = [], []
     for b in range(ids.shape[0]):
@@ -59,11 +73,12 @@ def inverse_rows(
         elif protocol == "inv_first":
             inp[0] = BOS_ID
         x = model.model.embed_tokens.weight.detach()[inp].clone().unsqueeze(0).requires_grad_(True)
-        row_logits = model(inputs_embeds=x).logits[0, :-1]
-        g = _grad_of_nll(row_logits, ids[b], x, scale)  # targets are always the original tokens
+        row_logits = model(inputs_embeds=x).logits[0]
+        g = _grad_of_nll(row_logits, ids[b], x, scale, last_unk)  # targets are always the original tokens
         if not with_g:
             g = torch.zeros_like(g)
-        v = g if gradient_only else x.detach()[0] - g
+        x_rows = x.detach()[0] if x_value is None else torch.full_like(g, x_value)
+        v = g if gradient_only else x_rows - g
         identity_rows = slice(0, ids.shape[1] - 1) if exclude_last else slice(None)
         rows = {"identity": identity_rows, "bert_like": positions[b] if positions is not None else None,
                 "inv_first": slice(0, 1)}[protocol]

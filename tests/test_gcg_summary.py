@@ -73,7 +73,8 @@ def summarise(tmp_path: Path, variant: str, records: list[dict]) -> tuple[Path, 
 
 
 def test_sweep_arithmetic_both_definitions(tmp_path):
-    """Success at s uses the best-so-far loss after s steps; the post-hoc rate needs best_step < s and final success."""
+    """Success at s uses the best-so-far loss after s steps; the post-hoc rate is the paper's: 0-based best_step <= s
+    and final success (Figure 4's `steps <= s`)."""
     per_sample_csv, sweep_csv = summarise(tmp_path, "base", RECORDS)
     sweep = pd.read_csv(sweep_csv).set_index("iterations")
     # s=1: s2 only. s=2: s0 (1.9 <= 2.0), s2, s3 (tie). s=4: same three.
@@ -81,8 +82,10 @@ def test_sweep_arithmetic_both_definitions(tmp_path):
     assert sweep.loc[2, "success_rate"] == pytest.approx(3 / 4)
     assert sweep.loc[4, "success_rate"] == pytest.approx(3 / 4)
     assert sweep["successes"].tolist() == [1, 3, 3]
-    # Post hoc: s2 (best at 0) counts from s=1, s3 (best at 1) from s=2, s0 (best at 3) only at s=4.
-    assert sweep.loc[1, "success_rate_posthoc"] == pytest.approx(1 / 4)
+    # Post hoc (best_step <= s): s2 (best at 0) and s3 (best at 1) count from s=1, s0 (best at 3) only at s=4;
+    # s1 never, as it fails. best_step < s would give 1/4 at s=1. At s=1 the paper's rate (2/4) exceeds the
+    # best-so-far rate (1/4): s3's best attack, first reached at 0-based step 1, is the second step's.
+    assert sweep.loc[1, "success_rate_posthoc"] == pytest.approx(2 / 4)
     assert sweep.loc[2, "success_rate_posthoc"] == pytest.approx(2 / 4)
     assert sweep.loc[4, "success_rate_posthoc"] == pytest.approx(3 / 4)
     assert sweep.loc[2, "mean_best_loss"] == pytest.approx((1.9 + 3.0 + 2.5 + 2.0) / 4)

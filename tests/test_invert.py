@@ -10,12 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
+import reference
 from ilm.shards import partial_path
 from ilm.cli import main
 from ilm.invert import (
     BIGRAM,
+    RESULT_KEYS,
     bigram_counts,
     bigram_proposer,
+    first_position_gradient,
     gradient_proposer,
     placeholder_fn,
     repeat_count,
@@ -23,7 +26,7 @@ from ilm.invert import (
     token_metrics,
 )
 from ilm.names import BOS_ID, PAD_ID
-from ilm.objectives import embed, forward_ce, project_to_vocab
+from ilm.objectives import ObjectiveConfig, embed, forward_ce, project_to_vocab
 from tiny import VOCAB, save_tiny_model, tiny_config, tiny_model, write_splits
 
 INVERT = {"skip_tokens": 2, "prefix_length": 4, "suffix_length": 6, "beam": 3, "top_k": 4, "count": 5,
@@ -85,13 +88,13 @@ def _naive_search(model, suffix: list[int], steps: int, beam: int, candidates) -
     return [b[:steps] for b in beams], scores
 
 
-def _naive_gradient_candidates(model, placeholder: int, gradient_only: bool, scale: float, k: int):
+def _naive_gradient_candidates(model, placeholder: int, gradient_only: bool, grad_scale: str, k: int):
     def candidates(seq: list[int]) -> list[int]:
         ids = torch.tensor([[placeholder] + seq])
         x = embed(model, ids).detach().requires_grad_(True)
         ce = forward_ce(model, x, ids[:, 1:], reduction="sum")
         (grad,) = torch.autograd.grad(ce, x)
-        g = grad[0, 0] / scale
+        g = grad[0, 0] / (len(seq) + 1 if grad_scale == "paper" else 65536.0)
         v = g if gradient_only else x[0, 0].detach() - g
         logits = project_to_vocab(model, v.unsqueeze(0))[0].detach()
         return torch.topk(logits, k).indices.tolist()
@@ -99,11 +102,12 @@ def _naive_gradient_candidates(model, placeholder: int, gradient_only: bool, sca
     return candidates
 
 
-@pytest.mark.parametrize("method", ["inv_first", "bert_like_grad", BIGRAM])
-def test_batched_search_equals_a_plain_one_sample_search(method):
+@pytest.mark.parametrize("method,grad_scale", [("inv_first", "paper"), ("inv_first", "training"),
+                                               ("bert_like_grad", "paper"), (BIGRAM, "paper")])
+def test_batched_search_equals_a_plain_one_sample_search(method, grad_scale):
     """All beams of all samples in one pass give the same beams and scores as a per-sample, per-candidate search."""
     model = tiny_model(seed=1, dtype=torch.float64)
-    cfg = config()
+    cfg = config(grad_scale=grad_scale)
     rng = np.random.default_rng(0)
     suffix = torch.from_numpy(rng.integers(6, VOCAB, (3, 6)))
     counts = torch.from_numpy(bigram_counts(rng.integers(0, VOCAB, (40, 16)), VOCAB))
@@ -116,10 +120,47 @@ def test_batched_search_equals_a_plain_one_sample_search(method):
                 return sorted(range(VOCAB), key=lambda t: -row[t])[:4]  # stable: lower id first on ties
         else:
             placeholder = BOS_ID if method == "inv_first" else PAD_ID
-            cands = _naive_gradient_candidates(model, placeholder, method.endswith("_grad"), 65536.0, 4)
+            cands = _naive_gradient_candidates(model, placeholder, method.endswith("_grad"), grad_scale, 4)
         beams, scores = _naive_search(model, suffix[i].tolist(), 4, 3, cands)
         assert result.prefixes[i].tolist() == beams
         np.testing.assert_allclose(result.scores[i].numpy(), scores, rtol=1e-9)
+
+
+@pytest.mark.parametrize("last_target", ["ignore", "unk"])
+@pytest.mark.parametrize("grad_scale", ["paper", "training"])
+def test_first_position_gradient_matches_a_one_sequence_autograd(grad_scale, last_target):
+    """g at the placeholder of each of 3 sequences in one pass equals plain autograd on that sequence alone:
+    d(summed NLL)/dx / 65536 (training) or / its L+1 positions (paper); with the paper's <unk> last target,
+    paper is exactly the gradient of the sequence's mean CE, the official code's g at batch 1. (HF runs its
+    norms and softmax in float32: relative tolerance 1e-5, far below the 1/(L+1) step between divisors.)"""
+    model = tiny_model(seed=4, dtype=torch.float64)
+    objective = ObjectiveConfig.from_dict({"last_target": last_target})
+    ids = torch.from_numpy(np.random.default_rng(5).integers(0, VOCAB, (3, 9)))  # (M, L+1), L = 8
+    x0, g = first_position_gradient(model, ids, grad_scale, objective)
+    for row in range(3):
+        x = model.model.embed_tokens.weight.detach()[ids[row]].clone()[None].requires_grad_(True)
+        nll = reference.sequence_nll(model(inputs_embeds=x).logits[0], ids[row], last_unk=last_target == "unk")
+        divisor = 9 if grad_scale == "paper" else 65536
+        (expected,) = torch.autograd.grad(nll.sum() / divisor, x, retain_graph=True)
+        torch.testing.assert_close(g[row], expected[0, 0], rtol=1e-5, atol=1e-9 / divisor)
+        torch.testing.assert_close(x0[row], x[0, 0].detach())
+        if grad_scale == "paper" and last_target == "unk":
+            assert nll.numel() == 9  # the paper's B*(L+1) terms at B = 1
+            (mean_g,) = torch.autograd.grad(nll.mean(), x)
+            torch.testing.assert_close(g[row], mean_g[0, 0], rtol=1e-5, atol=1e-9 / divisor)
+
+
+def test_paper_grad_scale_is_282_times_the_training_one_at_231_suffix_tokens():
+    """paper / training = 65536 / (L+1) row by row: 65536 / 232 = 282.5 for a 231-token suffix and its placeholder."""
+    model = tiny_model(seed=4, dtype=torch.float64, max_position_embeddings=256)
+    ids = torch.from_numpy(np.random.default_rng(6).integers(6, VOCAB, (2, 232)))
+    objective = ObjectiveConfig.from_dict({"last_target": "unk"})
+    _, paper = first_position_gradient(model, ids, "paper", objective)
+    _, training = first_position_gradient(model, ids, "training", objective)
+    torch.testing.assert_close(paper, training * 65536 / 232, rtol=1e-12, atol=0)
+    assert round(65536 / 232) == 282 and training.abs().max() > 0
+    with pytest.raises(ValueError, match="invert.grad_scale"):
+        first_position_gradient(model, ids, "mean", objective)
 
 
 def test_bigram_baseline_beams_are_distinct_and_placeholder_is_reverse_bigram():
@@ -211,6 +252,34 @@ def test_killed_shard_resumes_without_redoing_samples(workdir, tmp_path, monkeyp
     assert sum(seen) == len(plan["shards"][0]) - 1
     assert [json.loads(line)["sample"] for line in out.read_text().splitlines()][0] == first
     assert out.read_text().splitlines() == lines  # bitwise: records carry no timing
+
+
+def test_a_partial_shard_of_the_other_grad_scale_is_not_resumed(workdir, tmp_path, monkeypatch):
+    """invert.grad_scale is a result key (default paper): a partial file written with the training scale is
+    started over under the paper's, every sample searched again."""
+    import ilm.invert
+
+    assert "grad_scale" in RESULT_KEYS and config()["invert"]["grad_scale"] == "paper"
+    plan = json.loads((workdir / "samples.json").read_text())
+    training = tmp_path / "training.json"
+    training.write_text(json.dumps(config(grad_scale="training")))
+    out = tmp_path / "shard0.jsonl"
+    assert main(["invert", "--method", "inv_first", "--model", str(workdir / "inv_first"), "--data-dir",
+                 str(workdir / "data"), "--bigram", str(workdir / "bigram.npy"), "--shard", "0", "--out", str(out),
+                 "--config", str(training)]) == 0
+    assert json.loads(out.with_name("shard0.meta.json").read_text())["settings"]["grad_scale"] == "training"
+    out.rename(partial_path(out))
+    seen = []
+    real = ilm.invert.search
+
+    def recording(method, model, counts, suffix, cfg):
+        seen.append(suffix.shape[0])
+        return real(method, model, counts, suffix, cfg)
+
+    monkeypatch.setattr(ilm.invert, "search", recording)
+    assert _invert(workdir, "inv_first", 0, out) == 0
+    assert sum(seen) == len(plan["shards"][0])
+    assert json.loads(out.with_name("shard0.meta.json").read_text())["settings"]["grad_scale"] == "paper"
 
 
 @pytest.mark.parametrize(

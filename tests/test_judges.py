@@ -60,6 +60,25 @@ def test_perplexity_equals_a_per_text_computation(llama_judge_dir):
         assert value == pytest.approx(math.exp(nll), rel=1e-4)
 
 
+def test_perplexity_without_bos_is_hf_evaluates_add_start_token_false(llama_judge_dir):
+    """bos=False (the paper's inversion judge): the text's own tokens, no BOS, the first token unscored, as HF
+    evaluate's perplexity with add_start_token=False computed by hand one text at a time; a one-token text has
+    nothing to score (NaN); bos=True differs."""
+    judge = PerplexityJudge(str(llama_judge_dir), torch.device("cpu"), batch_size=2, max_length=64)
+    texts = ["Once upon a time there was a cat.", "The dog ran.", "A big red ball rolled down the hill slowly."]
+    got = judge.perplexity(texts, bos=False)
+    for text, value in zip(texts, got):
+        ids = torch.tensor([judge.tokenizer(text, add_special_tokens=False)["input_ids"]])
+        assert ids[0, 0] != judge.tokenizer.bos_token_id
+        with torch.no_grad():
+            logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].double(), -1)
+        nll = -logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].mean().item()  # tokens 1..n-1 only
+        assert value == pytest.approx(math.exp(nll), rel=1e-4)
+    assert not np.allclose(got, judge.perplexity(texts, bos=True), rtol=1e-3)
+    one = judge.tokenizer.decode(judge.tokenizer("the")["input_ids"][:1])
+    assert np.isnan(judge.perplexity([one], bos=False)[0]) and np.isfinite(judge.perplexity([one], bos=True)[0])
+
+
 def test_similarity_is_the_cosine_of_mean_pooled_embeddings(bert_judge_dir):
     """Identical texts score 1, an empty text 0, others the cosine of the encoder's mean-pooled states."""
     judge = SimilarityJudge(str(bert_judge_dir), torch.device("cpu"), batch_size=2)
@@ -127,8 +146,8 @@ def test_packaged_judge_embeds_like_all_minilm(tmp_path):
     assert sim[0] > 0.8 and sim[1] < 0.3
 
 
-def _ppl_alone(judge: PerplexityJudge, text: str) -> float:
-    ids = torch.tensor([[judge.tokenizer.bos_token_id, *judge.tokenizer(text)["input_ids"]]])
+def _ppl_alone(judge: PerplexityJudge, text: str, bos: bool = True) -> float:
+    ids = torch.tensor([[judge.tokenizer.bos_token_id] * bos + judge.tokenizer(text, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].double(), -1)
     return math.exp(-logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]].mean().item())
@@ -152,8 +171,10 @@ def _ids(tok, text: str) -> str:
     return " ".join(str(i) for i in tok(text, add_special_tokens=False)["input_ids"])
 
 
-def test_judged_inversion_equals_a_per_sample_computation(judges):
-    """Decoded texts, similarities and the four judge perplexities of each sample, computed one text at a time."""
+@pytest.mark.parametrize("bos", [False, True])
+def test_judged_inversion_equals_a_per_sample_computation(judges, bos):
+    """Decoded texts, similarities and the four judge perplexities of each sample, computed one text at a time,
+    without a BOS (judge.ppl_bos false, the paper's add_start_token=False) or after one (true)."""
     tok, sim, ppl = judges
     rows = [("the cat sat on the mat", "the dog sat on a mat", " and then it ran away"),
             ("a big red dog", "a big red dog", " was happy")]
@@ -163,7 +184,7 @@ def test_judged_inversion_equals_a_per_sample_computation(judges):
         "reconstruction_ids": [_ids(tok, r) for _, r, _ in rows],
         "suffix_ids": [_ids(tok, y) for _, _, y in rows],
     })
-    got = judge_inversion(frame, tok, sim, ppl, words=3)
+    got = judge_inversion(frame, tok, sim, ppl, words=3, bos=bos)
     for i, row in got.iterrows():
         x = tok.decode([int(t) for t in frame["prefix_ids"][i].split()])
         xh = tok.decode([int(t) for t in frame["reconstruction_ids"][i].split()])
@@ -174,10 +195,11 @@ def test_judged_inversion_equals_a_per_sample_computation(judges):
         assert row.similarity_prefix == pytest.approx(_cos(sim, xh, x), abs=1e-5)
         assert row.similarity_full == pytest.approx(_cos(sim, *full), abs=1e-5)
         three = lambda t: " ".join(t.split()[:3])  # noqa: E731 - the judge.ppl_words cut, written out
-        assert row.judge_ppl_prefix_reconstruction == pytest.approx(_ppl_alone(ppl, three(xh)), rel=1e-4)
-        assert row.judge_ppl_prefix_original == pytest.approx(_ppl_alone(ppl, three(x)), rel=1e-4)
-        assert row.judge_ppl_full_reconstruction == pytest.approx(_ppl_alone(ppl, three(xh) + " " + y.strip()), rel=1e-4)
-        assert row.judge_ppl_full_original == pytest.approx(_ppl_alone(ppl, three(x) + " " + y.strip()), rel=1e-4)
+        assert row.judge_ppl_prefix_reconstruction == pytest.approx(_ppl_alone(ppl, three(xh), bos), rel=1e-4)
+        assert row.judge_ppl_prefix_original == pytest.approx(_ppl_alone(ppl, three(x), bos), rel=1e-4)
+        assert row.judge_ppl_full_reconstruction == pytest.approx(
+            _ppl_alone(ppl, three(xh) + " " + y.strip(), bos), rel=1e-4)
+        assert row.judge_ppl_full_original == pytest.approx(_ppl_alone(ppl, three(x) + " " + y.strip(), bos), rel=1e-4)
     assert got["sample"].tolist() == [7, 3] and got["similarity_prefix"][1] == pytest.approx(1.0, abs=1e-5)
 
 

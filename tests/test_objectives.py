@@ -115,10 +115,11 @@ def test_forward_ce_ignores_last_position_and_matches_hf(tiny):
 
 
 def test_forward_ce_rejects_misaligned_targets(tiny):
-    """Targets that are not ids[:, 1:]-shaped raise ValueError."""
+    """Targets neither ids[:, 1:]-shaped (N, T-1) nor with a last target (N, T) raise ValueError."""
     ids = _ids()
-    with pytest.raises(ValueError, match="T-1"):
-        forward_ce(tiny, tiny.model.embed_tokens(ids), ids)
+    for targets in (ids[:, 2:], torch.cat([ids, ids[:, :1]], 1)):
+        with pytest.raises(ValueError, match="T-1"):
+            forward_ce(tiny, tiny.model.embed_tokens(ids), targets)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -291,7 +292,58 @@ def test_mask_placeholder_mask_puts_mask_and_matches_the_reference(tiny):
     tiny.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("placeholder,trained", [("pad_frozen", False), ("pad_trainable", True), ("mask", True)])
+@pytest.mark.parametrize("variant", ["bert_like", "bert_like_grad"])
+def test_paper_int3_projects_3_minus_g_and_matches_the_reference(tiny, variant):
+    """mask_placeholder = paper_int3: <pad> at the masked positions, x = the integer pad id 3 as a vector of ones
+    (3*1 - g, the paper's strategy(pad_token_id, g)); the inverse CE equals a per-sequence reference; the
+    gradient-only variant still projects g alone."""
+    cfg = objective(grad_scale_tokens=1.0, mask_fraction=0.25, mask_placeholder="paper_int3")
+    assert cfg.placeholder_id == PAD_ID == 3 and cfg.frozen_pad_row
+    ids = _ids()
+    rows = inverse_rows(tiny, ids, "bert_like", cfg, generator=_gen())
+    assert torch.equal(rows.x, torch.full_like(rows.x, 3.0))
+    out = compute_objective(tiny, ids, variant, cfg, generator=_gen())
+    positions = draw_mask_positions(*ids.shape, cfg.mask_fraction, _gen())
+    grad_only = variant.endswith("_grad")
+    logits, targets = reference.inverse_rows(tiny, ids, "bert_like", grad_only, 1.0, positions, x_value=3.0)
+    torch.testing.assert_close(out.inv_ce, reference.cross_entropy(logits, targets), **TOL)
+    pad_frozen = compute_objective(tiny, ids, variant, objective(grad_scale_tokens=1.0, mask_fraction=0.25),
+                                   generator=_gen())
+    assert bool(torch.isclose(out.inv_ce, pad_frozen.inv_ce)) == grad_only  # E[pad] - g differs from 3*1 - g
+    tiny.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("variant", ["identity", "bert_like", "inv_first"])
+def test_last_target_unk_trains_the_last_position_as_the_paper(tiny, variant):
+    """last_target = unk: the forward CE is the mean over all N*T positions with <unk> as the last target, the
+    last position's g is non-zero (exactly zero with ignore), and loss and inverse CE equal a per-sequence
+    reference that includes that term."""
+    ids = _ids()
+    cfg = objective(grad_scale_tokens=1.0, mask_fraction=0.25, last_target="unk")
+    protocol, _ = parse_variant(variant)
+    out = compute_objective(tiny, ids, variant, cfg, generator=_gen())
+    positions = draw_mask_positions(*ids.shape, cfg.mask_fraction, _gen()) if protocol == "bert_like" else None
+    logits, targets = reference.inverse_rows(tiny, ids, protocol, False, 1.0, positions, last_unk=True)
+    expected_inv = reference.cross_entropy(logits, targets)
+    torch.testing.assert_close(out.inv_ce, expected_inv, **TOL)
+    inputs = ids.clone()
+    if protocol == "inv_first":  # its L_fwd comes from the pass with <s> at position 0 (§1.7)
+        inputs[:, 0] = BOS_ID
+    with torch.no_grad():
+        nll = torch.cat([reference.sequence_nll(tiny(input_ids=inp[None]).logits[0], row, last_unk=True)
+                         for inp, row in zip(inputs, ids)])
+    assert nll.numel() == ids.numel()  # N*T terms, the paper's L_fwd
+    torch.testing.assert_close(out.ce, nll.mean(), **TOL)  # Bert-like's L_fwd is its clean pass
+    torch.testing.assert_close(out.loss.detach(), cfg.lambda_ce * nll.mean() + cfg.lambda_inv * expected_inv, **TOL)
+    g_unk = inverse_rows(tiny, ids, "identity", cfg).g.view(3, 10, -1)[:, -1]  # (N, d) at the last position
+    g_ignore = inverse_rows(tiny, ids, "identity", objective(grad_scale_tokens=1.0)).g.view(3, 10, -1)[:, -1]
+    assert g_unk.abs().amax(-1).min() > 0 and torch.count_nonzero(g_ignore) == 0
+    tiny.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize(
+    "placeholder,trained", [("pad_frozen", False), ("pad_trainable", True), ("mask", True), ("paper_int3", False)]
+)
 def test_placeholder_row_is_trained_unless_frozen(placeholder, trained):
     """Through its lookup, the placeholder's embedding row gets gradient from the Bert-like inverse loss, except
     the paper's frozen <pad> (HF's padding_idx row, zero at init); a trainable <pad> starts as an ordinary
@@ -301,7 +353,7 @@ def test_placeholder_row_is_trained_unless_frozen(placeholder, trained):
     torch.manual_seed(0)
     model = build_model(tiny_model_config(), frozen_pad_row=cfg.frozen_pad_row).double()
     row = model.model.embed_tokens.weight[cfg.placeholder_id]
-    assert (row.abs().max() > 0) == (placeholder != "pad_frozen")
+    assert (row.abs().max() > 0) == (placeholder not in ("pad_frozen", "paper_int3"))
     ids = _ids().clamp(min=6)  # no special token among the inputs: only the mask puts the placeholder there
     compute_objective(model, ids, "bert_like", cfg, generator=_gen(), create_graph=False).loss.backward()
     grad = model.model.embed_tokens.weight.grad[cfg.placeholder_id]

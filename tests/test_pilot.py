@@ -9,7 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ilm.pilot.attacks import accuracy, art_classifier, fgsm, hand_fgsm, image_shape, rate, sweep_alphas, to_images
+from ilm.pilot.attacks import (
+    accuracy,
+    art_classifier,
+    evaluate_robustness,
+    fgsm,
+    hand_fgsm,
+    image_shape,
+    rate,
+    square_subset,
+    sweep_alphas,
+    to_images,
+)
 from ilm.pilot.config import PILOT_VARIANTS, PilotConfig
 from ilm.pilot.data import generated_texts
 from ilm.pilot.train import ClassBank, PilotMLP, split_validation, train_variant, variant_loss
@@ -105,6 +116,45 @@ def test_accuracy_is_a_rate_with_its_wilson_interval():
     assert (r["n"], r["correct"], r["accuracy"]) == (20, 13, 0.65)
     assert (r["low"], r["high"]) == pytest.approx(wilson_interval(13, 20, 0.95))
     assert rate(0, 10, 0.95)["low"] == 0.0 and rate(10, 10, 0.95)["high"] == 1.0
+
+
+def _recording_attack(calls: list):
+    """A stand-in for an ART attack class: records its keyword arguments and inputs, returns the inputs."""
+
+    class Recording:
+        def __init__(self, estimator, **kwargs):
+            self.kwargs = kwargs
+
+        def generate(self, x, y=None):
+            calls.append({**self.kwargs, "x": x.copy()})
+            return x
+
+    return Recording
+
+
+@pytest.mark.parametrize("restarts", [5, 2])
+def test_apgd_restarts_reach_art_and_square_runs_on_a_seeded_random_subset(monkeypatch, restarts):
+    """pilot.apgd_restarts (default 5, AutoAttack's) is ART's nb_random_init for every APGD-CE radius; Square gets
+    pilot.square_samples test samples drawn with pilot.seed: the right size, seeded, and not the first ones."""
+    import art.attacks.evasion
+
+    apgd_calls, square_calls = [], []
+    monkeypatch.setattr(art.attacks.evasion, "AutoProjectedGradientDescent", _recording_attack(apgd_calls))
+    monkeypatch.setattr(art.attacks.evasion, "SquareAttack", _recording_attack(square_calls))
+    assert PilotConfig.from_dict({}).apgd_restarts == 5
+    cfg = PilotConfig.from_dict({"apgd_restarts": restarts, "apgd_eps": [0.1, 0.5], "square_eps": [0.1],
+                                 "square_samples": 7, "fgsm_alphas": [0.01], "sweep_start": 0.01,
+                                 "sweep_stop": 0.02, "sweep_step": 0.01, "seed": 3})
+    torch.manual_seed(0)
+    model = PilotMLP(8, (4,), 2).eval()
+    x, y = torch.randn(30, 8), torch.randint(0, 2, (30,))
+    evaluate_robustness(model, x, y, 2, cfg, 0.95, "cpu")
+    assert [c["nb_random_init"] for c in apgd_calls] == [restarts, restarts]
+    chosen = square_subset(30, 7, 3)
+    assert len(chosen) == 7 == len(set(chosen.tolist())) and chosen.tolist() != list(range(7))
+    np.testing.assert_array_equal(square_calls[0]["x"], to_images(x)[chosen])
+    assert np.array_equal(square_subset(30, 7, 3), chosen) and not np.array_equal(square_subset(30, 7, 4), chosen)
+    assert square_subset(30, None, 3).tolist() == list(range(30)) == square_subset(30, 40, 3).tolist()
 
 
 def test_image_shape_and_sweep():

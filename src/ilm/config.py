@@ -84,7 +84,8 @@ _PILOT_TRAIN = _PILOT_EMBED + (
     "pilot.batch_size", "pilot.epochs", "pilot.validation_fraction", "pilot.seed",
 )
 _PILOT_ATTACK = _PILOT_TRAIN + (
-    "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.square_eps", "pilot.square_queries", "pilot.square_samples",
+    "pilot.apgd_eps", "pilot.apgd_iterations", "pilot.apgd_restarts", "pilot.square_eps", "pilot.square_queries",
+    "pilot.square_samples",
     "pilot.fgsm_alphas", "pilot.sweep_start", "pilot.sweep_stop", "pilot.sweep_step", "pilot.attack_samples",
     "pilot.attack_batch_size", "statistics.confidence",
 )
@@ -138,7 +139,7 @@ STAGES: dict[str, Scope] = {
     "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words")),
     "fetch_judges": Scope(("judge.similarity_model", "judge.perplexity_model")),
     "judge_inversion": Scope(("judge",)),
-    "judge_attacks": Scope(("judge",), drop=("judge.ppl_words",)),
+    "judge_attacks": Scope(("judge",), drop=("judge.ppl_words", "judge.ppl_bos")),
     "tabulate_inversion": Scope(("judge.similarity_model", "judge.perplexity_model", "judge.ppl_words")),
     "tabulate_inversion_examples": Scope(
         ("invert.examples", "invert.example_words", "judge.similarity_model", "judge.perplexity_model")

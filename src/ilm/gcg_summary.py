@@ -6,8 +6,9 @@ record must come from the model being summarised.
 
 Success at budget s (docs/method.md §0): the best-so-far attack after s steps has target CE
 <= the original prefix's, i.e. trajectory[s-1] <= orig_loss. The paper's post-hoc definition
-(final best attack first reached within s steps, and finally successful) is reported beside
-it as `success_rate_posthoc`. Each rate carries its sample count and a Wilson interval at the level
+(Figure 4, eval_gcg.py: final best attack with 0-based best_step <= s, and finally successful)
+is reported beside it as `success_rate_posthoc`, exactly as the paper counted: best_step <= s
+admits an attack first reached at step s+1, one step past the budget (method-spec §4.4). Each rate carries its sample count and a Wilson interval at the level
 `statistics.confidence` (ilm.stats), which the `confidence` column records.
 """
 
@@ -144,7 +145,7 @@ def sweep_table(
     rows = []
     for s in iterations:
         best = per_sample[budget_column(s)].to_numpy(dtype=float)
-        reached = per_sample["best_step"].to_numpy() < s  # 0-based step index: reached within s steps
+        reached = per_sample["best_step"].to_numpy() <= s  # the paper's `steps <= s` on the 0-based best step
         successes = int(np.sum(best <= orig))
         low, high = wilson_interval(successes, n, confidence)
         rows.append(

@@ -6,8 +6,10 @@ from Y, one token is added in front per step, keeping `invert.beam` beams (§5.1
 
 1. put a placeholder p in front of every beam (<s>, the Bert-like placeholder, or the
    reverse-bigram prediction of the beam's first token);
-2. g = d(summed CE of the whole sequence)/dx / objective.grad_scale_tokens at p (the same g as
-   training, docs/method.md §0, so it does not depend on how many beams share a pass);
+2. g at p = d(summed CE of the whole sequence)/dx divided, per sequence, by its L+1 positions
+   (`invert.grad_scale: paper`, the gradient of the sequence's mean CE, as the official code) or
+   by objective.grad_scale_tokens (`training`, the g the model was trained with); neither depends
+   on how many beams share a pass (docs/method.md §0.1, §12);
 3. v = x_p - g (g alone for the `*_grad` variants), projected through the final norm and the
    head; each beam is expanded by its top-k tokens;
 4. each candidate is scored by the scorer's perplexity of the whole sequence plus the repeat
@@ -39,7 +41,7 @@ import torch
 
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
 from ilm.names import BIGRAM, BOS_ID, PAD_ID, parse_variant
-from ilm.objectives import embed, forward_ce, project_to_vocab
+from ilm.objectives import ObjectiveConfig, embed, forward_ce, project_to_vocab
 from ilm.progress import Progress
 from ilm.shards import (
     Stage,
@@ -64,6 +66,7 @@ RESULT_KEYS = (
     "suffix_length",
     "beam",
     "top_k",
+    "grad_scale",
     "placeholder",
     "fraction",
     "count",
@@ -147,23 +150,45 @@ def beam_search(scorer: torch.nn.Module, suffix: torch.Tensor, prefix_length: in
     return SearchResult(prefixes=seqs[:, :, :prefix_length], scores=scores)
 
 
+GRAD_SCALES = ("paper", "training")
+
+
+def first_position_gradient(
+    model: torch.nn.Module, ids: torch.Tensor, grad_scale: str, objective: ObjectiveConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, g) at position 0 of each sequence ids (M, L+1) -> (M, d), (M, d) (§5.1 step 3).
+
+    grad_scale "paper": g = d(sum CE)/dx / (L+1), the gradient of each sequence's own mean CE over
+    its L+1 positions (the official code's mean, per sequence: 65536/232 = 282x the training scale
+    at 231 suffix tokens); "training": d(sum CE)/dx / objective.grad_scale_tokens. Rows are
+    independent: a sequence's g does not depend on the others in the pass. The CE's targets follow
+    objective.last_target (the paper: <unk> at the last position).
+    """
+    if grad_scale not in GRAD_SCALES:
+        raise ValueError(f"invert.grad_scale must be one of {', '.join(GRAD_SCALES)}, got {grad_scale!r}")
+    with torch.enable_grad():
+        x = embed(model, ids).detach().requires_grad_(True)  # (M, L+1, d)
+        ce = forward_ce(model, x, objective.next_targets(ids), reduction="sum")
+        (grad,) = torch.autograd.grad(ce, x)
+    scale = ids.shape[1] if grad_scale == "paper" else objective.grad_scale_tokens
+    return x[:, 0].detach(), grad[:, 0] / scale
+
+
 def gradient_proposer(
     model: torch.nn.Module,
     placeholder: Callable[[torch.Tensor], torch.Tensor],
     gradient_only: bool,
-    grad_scale_tokens: float,
+    grad_scale: str,
+    objective: ObjectiveConfig,
     top_k: int,
 ) -> Proposer:
-    """Candidates from g at a placeholder in front of each sequence, projected to the vocabulary (§5.1 steps 1-4)."""
+    """Candidates from g at a placeholder in front of each sequence, projected to the vocabulary (§5.1 steps 1-4);
+    g as `first_position_gradient` with `grad_scale`."""
 
     def propose(seqs: torch.Tensor) -> torch.Tensor:
         ids = torch.cat([placeholder(seqs).unsqueeze(1), seqs], dim=1)  # (M, L+1)
-        with torch.enable_grad():
-            x = embed(model, ids).detach().requires_grad_(True)  # (M, L+1, d)
-            ce = forward_ce(model, x, ids[:, 1:], reduction="sum")
-            (grad,) = torch.autograd.grad(ce, x)
-        g = grad[:, 0] / grad_scale_tokens  # (M, d)
-        v = g if gradient_only else x[:, 0].detach() - g
+        x0, g = first_position_gradient(model, ids, grad_scale, objective)  # (M, d), (M, d)
+        v = g if gradient_only else x0 - g
         with torch.no_grad():
             return project_to_vocab(model, v).topk(top_k, dim=1).indices  # (M, K)
 
@@ -202,12 +227,10 @@ def search(
     if method == BIGRAM:
         propose = bigram_proposer(counts, inv["top_k"])
     else:
-        from ilm.objectives import ObjectiveConfig
-
         _, gradient_only = parse_variant(method)
-        mask_id = ObjectiveConfig.from_section(obj).placeholder_id  # `config` is validated: no jsonschema here
-        place = placeholder_fn(method, inv["placeholder"], mask_id, counts)
-        propose = gradient_proposer(model, place, gradient_only, obj["grad_scale_tokens"], inv["top_k"])
+        objective = ObjectiveConfig.from_section(obj)  # `config` is validated: no jsonschema here
+        place = placeholder_fn(method, inv["placeholder"], objective.placeholder_id, counts)
+        propose = gradient_proposer(model, place, gradient_only, inv["grad_scale"], objective, inv["top_k"])
     return beam_search(model, suffix, inv["prefix_length"], inv["beam"], propose)
 
 
@@ -253,6 +276,7 @@ def _settings(config: Mapping, method: str) -> dict:
         **{k: config["invert"][k] for k in RESULT_KEYS},
         "grad_scale_tokens": obj["grad_scale_tokens"],
         "mask_placeholder": obj["mask_placeholder"],
+        "last_target": obj["last_target"],
     }
 
 

@@ -6,9 +6,10 @@ Token ids are decoded with the trained tokenizer's decoder, special tokens dropp
 * `judge_inversion` -> results/metrics/<method>/inversion_judged.csv: the similarity of the
   reconstructed and original prefix (primary) and of the full texts (reconstruction + Y vs X + Y),
   and the judge perplexity of the first `judge.ppl_words` words of each prefix, alone and followed
-  by one space and the suffix (`evaluation_metrics.py:compute_third_party_perplexity`).
+  by one space and the suffix (`evaluation_metrics.py:compute_third_party_perplexity`), without a
+  BOS by default as the paper's HF evaluate call (`judge.ppl_bos`).
 * `judge_attacks` -> results/metrics/<variant>/gcg_judged.csv: judge perplexity of the attack and
-  of the original prefix, their repeated tokens, their similarity, and their share of
+  of the original prefix (after a BOS, as the paper's GCG judge), their repeated tokens, their similarity, and their share of
   non-alphanumeric characters.
 """
 
@@ -56,8 +57,10 @@ def _decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
-def judge_inversion(frame: pd.DataFrame, tokenizer, similarity, perplexity, words: int) -> pd.DataFrame:
-    """Judge metrics and decoded texts of each inverted sample of one method's inversion.csv."""
+def judge_inversion(
+    frame: pd.DataFrame, tokenizer, similarity, perplexity, words: int, bos: bool = False
+) -> pd.DataFrame:
+    """Judge metrics and decoded texts of each inverted sample of one method's inversion.csv; `bos`: judge.ppl_bos."""
     x = [ids_of(v) for v in frame["prefix_ids"]]
     xh = [ids_of(v) for v in frame["reconstruction_ids"]]
     y = [ids_of(v) for v in frame["suffix_ids"]]
@@ -69,7 +72,8 @@ def judge_inversion(frame: pd.DataFrame, tokenizer, similarity, perplexity, word
     n = len(frame)
     ppl = perplexity.perplexity(
         [first_words(t, words) for t in rec + prefix]
-        + [with_suffix(p, s, words) for p, s in zip(rec + prefix, suffix + suffix)]
+        + [with_suffix(p, s, words) for p, s in zip(rec + prefix, suffix + suffix)],
+        bos=bos,
     )
     return pd.DataFrame({
         "method": frame["method"].to_numpy(),
@@ -93,7 +97,7 @@ def judge_attacks(frame: pd.DataFrame, tokenizer, similarity, perplexity) -> pd.
     prefix = [_decode(tokenizer, a) for a in x]
     attack = [_decode(tokenizer, a) for a in xa]
     n = len(frame)
-    ppl = perplexity.perplexity(attack + prefix)
+    ppl = perplexity.perplexity(attack + prefix, bos=True)
     return pd.DataFrame({
         "variant": frame["variant"].to_numpy(),
         "sample": frame["sample"].to_numpy(),
@@ -148,7 +152,8 @@ def write_judged(kind: str, metrics: Sequence[Path], tokenizer_path: Path, simil
     for path, frame, out in zip(metrics, frames, outs):
         log.info("judging %d samples of %s", len(frame), path)
         if kind == "inversion":
-            judged = judge_inversion(frame, tokenizer, similarity, perplexity, config["judge"]["ppl_words"])
+            judged = judge_inversion(frame, tokenizer, similarity, perplexity, config["judge"]["ppl_words"],
+                                     bos=config["judge"]["ppl_bos"])
         else:
             judged = judge_attacks(frame, tokenizer, similarity, perplexity)
         write_text(out, judged.to_csv(index=False))

@@ -3,7 +3,9 @@
 Each is a Hub id or a local folder (`judge.similarity_model`, `judge.perplexity_model`). A job
 loads a judge once and scores in batches, on the GPU when there is one. Perplexity is computed
 here with `transformers` (HF `evaluate` reloads the model on every call, §9.5.4): exp of the
-mean next-token CE over each text's tokens, with right padding masked out.
+mean next-token CE over each text's tokens, with right padding masked out; with `bos=False`
+exactly HF evaluate's `add_start_token=False` (the paper's inversion judge), with `bos=True` after
+a BOS (the paper's GCG judge).
 
 `fetch` downloads a Hub judge into resources/judges/ (the `fetch_judges` rule, on the login
 node); jobs then load it from there with the Hub offline.
@@ -58,11 +60,13 @@ class SimilarityJudge:
 
 
 class PerplexityJudge:
-    """exp(mean next-token CE) of each text under a causal LM, with a BOS token as context.
+    """exp(mean next-token CE) of each text under a causal LM, with or without a BOS token as context.
 
-    Llama's tokenizer adds its BOS itself (§3.7); for a tokenizer that declares one but does not add
-    it (the workflow's own, when the Baseline stands in as judge) it is prepended here, so that a
-    one-token text has a perplexity too. A text of fewer than two tokens otherwise scores NaN.
+    bos=True: Llama's tokenizer adds its BOS itself (§3.7); for a tokenizer that declares one but does
+    not add it (the workflow's own, when the Baseline stands in as judge) it is prepended here, so that
+    a one-token text has a perplexity too. bos=False: the text's own tokens only (HF evaluate's
+    add_start_token=False, the paper's inversion judge), so the first token is not scored. A text of
+    fewer than two scored-from tokens scores NaN.
     """
 
     def __init__(self, path: str, device: torch.device, batch_size: int, max_length: int):
@@ -74,28 +78,33 @@ class PerplexityJudge:
         positions = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.device, self.batch_size, self.max_length = device, batch_size, min(max_length, positions)
 
-    def token_ids(self, text: str) -> list[int]:
-        """The judge's ids of `text`: BOS first (added when the tokenizer does not), at most max_length."""
+    def token_ids(self, text: str, bos: bool = True) -> list[int]:
+        """The judge's ids of `text`, at most max_length: BOS first (added when the tokenizer does not) with
+        `bos`, else no special token at all (HF evaluate's add_special_tokens=False)."""
+        if not bos:
+            return self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)[
+                "input_ids"]
         ids = self.tokenizer(text, truncation=True, max_length=self.max_length)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos, *ids][: self.max_length]
+        bos_id = self.tokenizer.bos_token_id
+        if bos_id is not None and (not ids or ids[0] != bos_id):
+            ids = [bos_id, *ids][: self.max_length]
         return ids
 
-    def perplexity(self, texts: Sequence[str]) -> np.ndarray:
+    def perplexity(self, texts: Sequence[str], bos: bool = True) -> np.ndarray:
+        """exp(mean CE of tokens 1..n-1 given the earlier ones) per text; `bos`: a BOS is token 0 (see the class)."""
         import torch
 
         with torch.no_grad():
-            return self._perplexity(texts)
+            return self._perplexity(texts, bos)
 
-    def _perplexity(self, texts: Sequence[str]) -> np.ndarray:
+    def _perplexity(self, texts: Sequence[str], bos: bool) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
         out = []
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
-            enc = [self.token_ids(t) for t in batch]
+            enc = [self.token_ids(t, bos) for t in batch]
             width = max(1, *(len(ids) for ids in enc))  # an empty text scores NaN
             ids = torch.zeros((len(enc), width), dtype=torch.long)
             mask = torch.zeros((len(enc), width), dtype=torch.long)

@@ -5,10 +5,12 @@ forward CE with respect to the input embeddings (§1.3, §1.5-§1.7):
 
     L = lambda_ce * L_fwd + lambda_inv * L_inv
 
-Conventions that differ from the paper's code (docs/method.md §0):
-* the last position has no target (the paper trained it to predict <unk>, §9.1.4);
+Conventions that differ from the paper's code (docs/method.md §0), each with a switch to the paper's:
+* the last position has no target (`objective.last_target: ignore`; the paper trained it to predict
+  <unk>, `unk`, §9.1.4);
 * g = d(summed CE)/dx / grad_scale_tokens, so its scale does not depend on the micro-batch (§9.1.2);
-* Bert-like projects the <pad> embedding minus g, not the integer pad id minus g (§9.1.3);
+* Bert-like projects the <pad> embedding minus g (`objective.mask_placeholder: pad_frozen`), not the
+  integer pad id minus g, 3*1 - g (`paper_int3`, §9.1.3);
 * top-k inverse accuracy uses a sorted top-k (§9.6.1).
 
 Under `create_graph=True` (training with `objective.double_backprop`, the default) g keeps its
@@ -34,6 +36,7 @@ from ilm.names import (  # noqa: F401 (PROTOCOLS, VARIANTS re-exported)
     MASK_ID,
     PAD_ID,
     PROTOCOLS,
+    UNK_ID,
     VARIANTS,
     check_protocol,
     parse_variant,
@@ -49,8 +52,9 @@ class ObjectiveConfig(ConfigSection):
     grad_scale_tokens: float  # g = d(sum CE)/dx / this; 65536 = the paper's 256x256 micro-batch mean
     mask_fraction: float  # Bert-like: share of positions replaced by the placeholder, at least one
     double_backprop: bool  # train through g (the paper) or treat g as a constant (a control)
-    mask_placeholder: str  # pad_frozen | pad_trainable | mask: Bert-like's placeholder row
-    exclude_last_position: bool  # leave the last position (g == 0) out of Identity rows and Bert-like masks
+    mask_placeholder: str  # pad_frozen | pad_trainable | mask | paper_int3: Bert-like's placeholder and x
+    exclude_last_position: bool  # leave the last position out of Identity rows and Bert-like masks
+    last_target: str  # ignore (no target, g == 0 there) | unk (the paper: the last position predicts <unk>)
 
     @property
     def placeholder_id(self) -> int:
@@ -60,7 +64,15 @@ class ObjectiveConfig(ConfigSection):
     @property
     def frozen_pad_row(self) -> bool:
         """Whether the model's <pad> row is HF's padding_idx row: zero at init, no gradient (the paper)."""
-        return self.mask_placeholder == "pad_frozen"
+        return self.mask_placeholder in ("pad_frozen", "paper_int3")
+
+    def next_targets(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Forward CE targets: ids[:, 1:] (N, T-1), with <unk> appended for the last position under
+        last_target = unk (N, T): the paper's shift_labels (method-spec §1.2)."""
+        targets = input_ids[:, 1:]
+        if self.last_target == "unk":
+            targets = torch.cat([targets, torch.full_like(input_ids[:, :1], UNK_ID)], dim=1)
+        return targets
 
 
 @dataclass
@@ -68,7 +80,7 @@ class InverseRows:
     """The rows one inverse protocol classifies: x and g at those rows, the true ids, and their positions."""
 
     ce: torch.Tensor  # forward CE mean of the pass the protocol differentiates
-    x: torch.Tensor  # (M, d) input embeddings at the rows (the placeholder's row for bert_like / inv_first)
+    x: torch.Tensor  # (M, d) input embeddings at the rows (the placeholder's row; 3*1 for paper_int3)
     g: torch.Tensor  # (M, d) g at the rows
     targets: torch.Tensor  # (M,) the original token ids
     positions: torch.Tensor  # (M,) the position of each row in its window
@@ -99,20 +111,24 @@ def embed(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 def forward_ce(
     model: torch.nn.Module, inputs_embeds: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Next-token CE of logits at positions 0..T-2 against `targets` = ids[:, 1:] (§1.2).
+    """Next-token CE of logits at positions 0..T-2 against `targets` = ids[:, 1:] (N, T-1) (§1.2).
 
-    The last position is not scored (docs/method.md §0). `reduction`: mean | sum | none
-    ("none" gives (N, T-1)).
+    The last position is not scored (docs/method.md §0) unless `targets` has T columns: then
+    every position is (ObjectiveConfig.next_targets with last_target = unk, the paper's <unk>).
+    `reduction`: mean | sum | none ("none" gives the targets' shape).
     """
     n, t = inputs_embeds.shape[:2]
-    if targets.shape != (n, t - 1):
-        raise ValueError(f"targets must have shape (N, T-1) = {(n, t - 1)}, got {tuple(targets.shape)}")
+    if targets.shape not in ((n, t - 1), (n, t)):
+        raise ValueError(
+            f"targets must have shape (N, T-1) = {(n, t - 1)} (or (N, T) with a last target), got {tuple(targets.shape)}"
+        )
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    logits = model(inputs_embeds=inputs_embeds, use_cache=False).logits[:, :-1]  # (N, T-1, V)
+    scored = targets.shape[1]
+    logits = model(inputs_embeds=inputs_embeds, use_cache=False).logits[:, :scored]  # (N, T-1 or T, V)
     logits = _upcast(logits)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction)
-    return ce.view(n, t - 1) if reduction == "none" else ce
+    return ce.view(n, scored) if reduction == "none" else ce
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -193,12 +209,12 @@ def _inverse_pass(
     """x, g, targets and positions of the rows one protocol classifies; grad mode on."""
     n, t = input_ids.shape
     d = model.config.hidden_size
-    targets_next = input_ids[:, 1:]  # (N, T-1): always the original tokens
+    targets_next = cfg.next_targets(input_ids)  # (N, T-1), or (N, T) with <unk> last: always the original tokens
     if protocol == "identity":  # §1.5: every position classifies its own token
         x = embed(model, input_ids)  # (N, T, d)
-        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
+        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1 or T)
         g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
-        keep = t - 1 if cfg.exclude_last_position else t  # the last position's g is exactly 0
+        keep = t - 1 if cfg.exclude_last_position else t  # without a last target its g is exactly 0
         positions = torch.arange(keep, device=input_ids.device).expand(n, keep)  # (N, T')
         x_rows, g_rows = x[:, :keep].reshape(-1, d), g[:, :keep].reshape(-1, d)  # (N*T', d)
         targets = input_ids[:, :keep].reshape(-1)  # (N*T',)
@@ -207,16 +223,18 @@ def _inverse_pass(
         positions = draw_mask_positions(n, eligible, cfg.mask_fraction, generator).to(input_ids.device)  # (N, k)
         masked_ids = apply_mask(input_ids, positions, cfg.placeholder_id)  # (N, T)
         x = embed(model, masked_ids)  # (N, T, d); x[b, positions[b]] == E[placeholder]
-        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
+        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1 or T)
         g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
         rows = positions.unsqueeze(-1).expand(-1, -1, d)  # (N, k, d)
         x_rows, g_rows = x.gather(1, rows).reshape(-1, d), g.gather(1, rows).reshape(-1, d)  # (N*k, d)
+        if cfg.mask_placeholder == "paper_int3":  # the paper's strategy(pad_token_id, g): the integer 3, 3*1 - g
+            x_rows = torch.full_like(x_rows, float(PAD_ID))
         targets = input_ids.gather(1, positions).reshape(-1)  # (N*k,)
     elif protocol == "inv_first":  # §1.7: position 0 -> <s>, classify the original first token
         bos_ids = input_ids.clone()
         bos_ids[:, 0] = BOS_ID
         x = embed(model, bos_ids)  # (N, T, d)
-        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1)
+        ce = forward_ce(model, x, targets_next, reduction="none")  # (N, T-1 or T)
         g = _input_gradient(ce.sum(), x, cfg, create_graph, retain_graph)  # (N, T, d)
         positions = torch.zeros((n, 1), dtype=torch.long, device=input_ids.device)  # (N, 1)
         x_rows, g_rows = x[:, 0], g[:, 0]  # (N, d)
@@ -315,7 +333,7 @@ def compute_objective(
     with torch.enable_grad():
         if protocol is None or protocol == "bert_like":
             with torch.set_grad_enabled(track):  # the clean pass needs no graph in evaluation
-                ce = forward_ce(model, embed(model, input_ids), input_ids[:, 1:])
+                ce = forward_ce(model, embed(model, input_ids), cfg.next_targets(input_ids))
         if protocol is None:
             loss = cfg.lambda_ce * ce
             inv_ce, inv_correct, inv_rows = None, {}, 0

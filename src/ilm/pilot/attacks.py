@@ -7,13 +7,17 @@ As in the paper (method-spec §6.7) the embeddings are reshaped to images (C, s,
 Square attack needs 4-D inputs; APGD and FGSM are unaffected by the shape (their norms run over every
 entry). The embeddings are unbounded: the clip range is set far outside them so it never binds.
 Robust accuracy is the accuracy on the adversarial inputs over every attacked sample (as the paper's),
-a rate with n and a Wilson interval.
+a rate with n and a Wilson interval. APGD-CE restarts `pilot.apgd_restarts` times (AutoAttack
+`version='custom'` keeps 5); Square runs on a seeded random subset of `pilot.square_samples`
+(the paper: 10 batches of a shuffled loader), not on the first ones.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import Optional
+
 import numpy as np
 import torch
 from torch import nn
@@ -71,13 +75,15 @@ def fgsm(classifier, images: np.ndarray, labels: np.ndarray, alpha: float, batch
     return attack.generate(images, y=_one_hot(labels, classifier.nb_classes))
 
 
-def apgd(classifier, images, labels, eps: float, iterations: int, batch_size: int, seed: int) -> np.ndarray:
-    """ART's APGD-CE in L2 at radius eps (AutoAttack's first step size 2 eps, one start)."""
+def apgd(classifier, images, labels, eps: float, iterations: int, batch_size: int, seed: int,
+         restarts: int) -> np.ndarray:
+    """ART's APGD-CE in L2 at radius eps (AutoAttack's first step size 2 eps), `restarts` random starts:
+    each restart attacks the samples the earlier ones left correctly classified."""
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     np.random.seed(seed)  # ART draws its random start from numpy's global generator
     attack = AutoProjectedGradientDescent(classifier, norm=2, eps=eps, eps_step=2 * eps, max_iter=iterations,
-                                          targeted=False, nb_random_init=1, batch_size=batch_size,
+                                          targeted=False, nb_random_init=restarts, batch_size=batch_size,
                                           loss_type="cross_entropy", verbose=False)
     return attack.generate(images, y=_one_hot(labels, classifier.nb_classes))
 
@@ -90,6 +96,14 @@ def square(classifier, images, labels, eps: float, queries: int, batch_size: int
     attack = SquareAttack(classifier, norm=2, eps=eps, max_iter=queries, nb_restarts=1, batch_size=batch_size,
                           verbose=False)
     return attack.generate(images, y=_one_hot(labels, classifier.nb_classes))
+
+
+def square_subset(n: int, size: Optional[int], seed: int) -> np.ndarray:
+    """Indices (sorted) of a uniform random subset of `size` of n samples, drawn with `seed`; all n when size is
+    None or at least n. The paper ran Square on 10 batches of a shuffled loader, not the first samples."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
 def _one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -126,15 +140,15 @@ def evaluate_robustness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clas
                         "pilot attack", unit="attack", log=log)
     out: dict = {"clean": accuracy(clf, images, labels, bs, confidence), "attacks": []}
     for eps in cfg.apgd_eps:
-        adv = apgd(clf, images, labels, eps, cfg.apgd_iterations, bs, cfg.seed)
+        adv = apgd(clf, images, labels, eps, cfg.apgd_iterations, bs, cfg.seed, cfg.apgd_restarts)
         out["attacks"].append({"attack": "APGD-CE", "norm": "L2", "eps": eps,
                                **accuracy(clf, adv, labels, bs, confidence)})
         progress.update(1)
-    n_sq = n if cfg.square_samples is None else min(cfg.square_samples, n)
+    sq = square_subset(n, cfg.square_samples, cfg.seed)
     for eps in cfg.square_eps:
-        adv = square(clf, images[:n_sq], labels[:n_sq], eps, cfg.square_queries, bs, cfg.seed)
+        adv = square(clf, images[sq], labels[sq], eps, cfg.square_queries, bs, cfg.seed)
         out["attacks"].append({"attack": "Square", "norm": "L2", "eps": eps,
-                               **accuracy(clf, adv, labels[:n_sq], bs, confidence)})
+                               **accuracy(clf, adv, labels[sq], bs, confidence)})
         progress.update(1)
     for alpha in cfg.fgsm_alphas:
         adv = fgsm(clf, images, labels, alpha, bs)

@@ -44,6 +44,7 @@ class PilotConfig(ConfigSection):
     seed: int
     apgd_eps: tuple
     apgd_iterations: int
+    apgd_restarts: int  # random starts of APGD-CE (AutoAttack version='custom' keeps 5)
     square_eps: tuple
     square_queries: int
     square_samples: Optional[int]

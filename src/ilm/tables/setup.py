@@ -40,6 +40,7 @@ TRAINED_SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("Objective", "Double backprop through g", "objective.double_backprop"),
     ("Objective", "Bert-like placeholder", "objective.mask_placeholder"),
     ("Objective", "Last position excluded", "objective.exclude_last_position"),
+    ("Objective", "Last position target", "objective.last_target"),
     ("Training", "Batch (windows per step)", "train.batch_size"),
     ("Training", "Micro-batch", "train.micro_batch_size"),
     ("Training", "Learning rate", "train.lr"),
