@@ -30,7 +30,8 @@ def project_gpu_hours(
     train (per variant): optimizer steps x batch_size x window tokens, plus the validation
     windows (one validation every val_every steps and at the last), both at the measured
     training-step rate (validation takes no parameter gradient: an upper bound).
-    gcg (per variant): attacked samples x gcg.steps sample-steps. inversion: sampled windows,
+    gcg (per variant): attacked samples x gcg.steps sample-steps, twice: the gradient attack and its
+    gradient-free control (gcg.candidates: uniform, same forwards; measured at the gradient rate). inversion: sampled windows,
     for every variant and the bigram baseline (at the gradient search's rate: an upper bound
     for the baseline). evaluate (per variant): the test windows (or evaluate.max_sequences).
     """
@@ -63,7 +64,7 @@ def project_gpu_hours(
 
     stages = {
         "train": sum(train_hours.values()),
-        "gcg": gcg_hours * len(variants),
+        "gcg": 2 * gcg_hours * len(variants),  # the gradient attack and the uniform control
         "inversion": inv_hours * inv_methods,
         "evaluate": eval_hours * len(variants),
     }

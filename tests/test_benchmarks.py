@@ -45,11 +45,12 @@ def test_projection_equals_hand_arithmetic():
     assert (out["work"]["train_tokens"], out["work"]["validation_tokens"]) == (train_tokens, val_tokens)
     assert out["train_per_variant"]["bert_like"] == pytest.approx((52_428_800 + 1_048_576) / 2.5e5 / 3600)
     assert out["stages"]["train"] == pytest.approx(53_477_376 * (1 / 1e6 + 2 / 5e5 + 1 / 2.5e5) / 3600)
-    # GCG: 30 % of 1000 test windows = 300 samples x 500 steps at 100 sample-steps/s, 4 variants
-    assert out["stages"]["gcg"] == pytest.approx(4 * 300 * 500 / 100 / 3600)
-    # inversion: 10 % = 100 samples at 2/s, for 4 variants and the bigram baseline
+    # GCG: 30 % of 1000 test windows = 300 samples x 500 steps at 100 sample-steps/s, 4 variants, each attacked
+    # twice (the gradient attack and its gradient-free control)
+    assert out["stages"]["gcg"] == pytest.approx(2 * 4 * 300 * 500 / 100 / 3600)
+    # inversion: the whole test split (the paper's) = 1000 samples at 2/s, for 4 variants and the bigram baseline
     assert out["work"]["inversion_methods"] == 5
-    assert out["stages"]["inversion"] == pytest.approx(5 * 100 / 2 / 3600)
+    assert out["stages"]["inversion"] == pytest.approx(5 * 1000 / 2 / 3600)
     # evaluation: all 1000 test windows at 50/s, 4 variants
     assert out["stages"]["evaluate"] == pytest.approx(4 * 1000 / 50 / 3600)
     assert out["total"] == pytest.approx(sum(out["stages"].values()))
@@ -188,8 +189,8 @@ def test_quick_suite_projection_is_the_recorded_rates_arithmetic(quick_suite: Pa
     for label, projected in proj["by_precision"].items():
         rates = {r["variant"]: r["tokens_per_second"] for r in parts["train_step"]["precisions"][label]}
         assert projected["stages"]["train"] == pytest.approx(sum(tokens / rates[v] / 3600 for v in VARIANTS))
-        assert projected["stages"]["gcg"] == pytest.approx(4 * 42_000 * 500 / gcg_rate / 3600)
-        assert projected["stages"]["inversion"] == pytest.approx(5 * 14_000 / inv_rate / 3600)
+        assert projected["stages"]["gcg"] == pytest.approx(2 * 4 * 42_000 * 500 / gcg_rate / 3600)  # + uniform control
+        assert projected["stages"]["inversion"] == pytest.approx(5 * 140_000 / inv_rate / 3600)  # the whole test split
         assert projected["stages"]["evaluate"] == pytest.approx(4 * 140_000 / eval_rate / 3600)
 
 

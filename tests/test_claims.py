@@ -169,3 +169,21 @@ def test_sign_flip_p_matches_exact_enumeration():
     exact = np.mean([abs(np.dot(s, totals)) >= observed - 1e-12 for s in itertools.product([-1, 1], repeat=6)])
     assert sign_flip_p(diffs, clusters, 20000, 0) == pytest.approx(exact, abs=0.01)
     assert sign_flip_p(np.zeros(12), clusters, 100, 0) == 1.0
+
+
+def test_gradient_diagnostic_difference_is_paired_on_windows(run_files):
+    """gcg_robustness_models: each variant's rank correlation minus the Baseline's, window by window, averaged."""
+    root, inputs = run_files
+    claims_table(root, inputs, "gcg_robustness")
+    models = pd.read_csv(root / "results" / "tables" / "gcg_robustness_models.csv").set_index("Model")
+    with np.load(root / "results" / "metrics" / "base" / "gcg_uniform_curves.npz") as b, \
+            np.load(root / "results" / "metrics" / "inv_first" / "gcg_uniform_curves.npz") as v:
+        expected = float(np.mean(v["rank_correlation"] - b["rank_correlation"]))
+        mean = float(np.mean(v["rank_correlation"]))
+    row = models.loc["Inv-First"]
+    assert row["vs Baseline"] == pytest.approx(expected, rel=1e-12)
+    assert row["Gradient rank correlation (uniform candidates)"] == pytest.approx(mean, rel=1e-12)
+    assert row["vs Baseline low"] <= row["vs Baseline"] <= row["vs Baseline high"]
+    assert np.isnan(models.loc["Baseline", "vs Baseline"])
+    assert models.loc["Baseline", "Transfer to Baseline (%)"] == 100.0  # its own attacks (the fixture's transfer rows)
+    assert models.loc["Baseline", "Transfer to Identity (%)"] == 0.0

@@ -12,6 +12,7 @@ from ilm.robustness import (
     CONTRADICTED,
     GRADIENT_MASKING,
     MOVING_BAR,
+    NEITHER_CHECK,
     SUPPORTED,
     UNDETERMINED,
     AttackRecords,
@@ -245,7 +246,10 @@ def test_seed_rules():
 def test_robustness_verdict_rule_table():
     """Gradient-only support is masking, support lost without the model's bar is a moving bar, else gradient's."""
     assert robustness_verdict(SUPPORTED, SUPPORTED, SUPPORTED) == SUPPORTED
-    assert robustness_verdict(SUPPORTED, UNDETERMINED, UNDETERMINED) == GRADIENT_MASKING
+    assert robustness_verdict(SUPPORTED, UNDETERMINED, SUPPORTED) == GRADIENT_MASKING
+    assert robustness_verdict(SUPPORTED, SUPPORTED, SUPPORTED, CONTRADICTED) == GRADIENT_MASKING  # transfer wins
+    assert robustness_verdict(SUPPORTED, SUPPORTED, SUPPORTED, UNDETERMINED) == SUPPORTED
+    assert robustness_verdict(SUPPORTED, UNDETERMINED, CONTRADICTED) == NEITHER_CHECK
     assert robustness_verdict(SUPPORTED, SUPPORTED, UNDETERMINED) == MOVING_BAR
     assert robustness_verdict(CONTRADICTED, SUPPORTED, SUPPORTED) == CONTRADICTED
     assert robustness_verdict(UNDETERMINED, SUPPORTED, SUPPORTED) == UNDETERMINED

@@ -19,6 +19,7 @@ def with_grids(**grids) -> dict:
     """The paper config with only these studies declared."""
     cfg = load_config(REPO / "config.yaml")
     cfg["studies"] = {"run": [], "grids": grids}
+    cfg["claims"]["seed_study"] = None  # only these studies
     cfg = validate_config(cfg)
     check_studies(cfg)
     return cfg

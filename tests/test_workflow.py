@@ -297,18 +297,29 @@ def test_report_holds_every_table_and_figure(smoke_run, tmp_path):
         assert name in html, name
     assert "Wilson interval" in html and "Shannon entropy" in html  # captions rendered
     assert "Baseline stands in as perplexity judge" in html and "GCG naturalness" in html
-    for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness", "Pilot", "Grounding"):
+    for category in ("Data", "Training", "Forward quality", "Inverse accuracy", "Robustness", "Pilot", "Grounding",
+                     "1. Claims"):
         assert category in html, category
+    # Every table is readable in the report: its HTML version, holding a <table>, is embedded.
+    tables = sorted((results / "tables").glob("*.html"))
+    assert {"claims.html", "gcg_robustness.html", "gcg_summary.html"} <= {p.name for p in tables}
+    for path in tables:
+        assert "<table" in path.read_text(), path.name
+        assert path.name in html, path.name
 
 
 def test_paper_studies_dry_run_reuses_the_main_run_point(tmp_path):
     """`snakemake -n studies` plans every declared study; a point equal to the main run trains nothing new."""
     counts = _job_counts(run_snakemake(tmp_path, "-n", "studies", configfiles=()).stdout)
-    # grad_scale 2 new points x 3 variants, double_backprop 1 x 3, placeholder 2 x 1, last_position 1 x 2
-    assert counts["study_train_model"] == counts["study_evaluate_model"] == 6 + 3 + 2 + 2
-    assert counts["train_model"] == 3  # the reused points need the main run's ILM variants, not the Baseline
-    assert counts["summarise_study"] == 4
-    assert counts["study_attack_gcg_shard"] == 13 * 8
+    # new points x variants: grad_scale 2 x 3, double_backprop 1 x 3, placeholder 3 x 1, last_position 3 x 2,
+    # seeds 2 x 4 (every variant: the claims compare each with the Baseline)
+    assert counts["study_train_model"] == counts["study_evaluate_model"] == 6 + 3 + 3 + 6 + 8
+    assert counts["train_model"] == 4  # the reused points need the main run's models (the seed study: the Baseline too)
+    assert counts["summarise_study"] == 5
+    assert counts["study_attack_gcg_shard"] == 26 * 8
+    # the seed study's replicates also get the gradient-free control and the transfer matrix, and one claims table
+    assert counts["study_attack_uniform_shard"] == 8 * 8 and counts["study_transfer_gcg"] == 2
+    assert counts["tabulate_seed_claims"] == 1
 
 
 @pytest.mark.slow

@@ -106,6 +106,7 @@ STAGES: dict[str, Scope] = {
     "summarise_gcg": Scope(("gcg", "statistics"), drop=("gcg.examples",)),
     "transfer_gcg": Scope(("gcg.max_candidates_per_forward", "gcg.device")),
     "tabulate_claims": Scope(("gcg.iterations", "statistics", "claims")),
+    "tabulate_seed_claims": Scope(("gcg.iterations", "statistics", "claims")),
     "tabulate_gcg_robustness": Scope(("gcg.iterations", "statistics", "claims")),
     "tabulate_setup": Scope(
         ("gcg.prefix_length", "gcg.target_length", "gcg.steps", "gcg.search_width", "gcg.top_k", "gcg.fraction",

@@ -20,8 +20,10 @@ Verdict rules (a positive effect means the attack needs more steps on the varian
 2. `combine_seeds`: a verdict stands only if every training seed gives it; otherwise
    "undetermined at this scale" (`seed_consistent` checks the effect's sign the same way).
 3. `robustness_verdict`: an effect "supported" under gradient GCG is "gradient masking" if the
-   same search with uniform random candidates does not support it, else "moving bar" if the
-   fluency-independent criterion (`steps_to_drop`) does not support it; otherwise the gradient verdict.
+   same search with uniform random candidates does not support it (or transfer from the Baseline
+   beats the variant's own attacks), "moving bar" if the fluency-independent criterion
+   (`steps_to_drop`) does not support it, "gradient masking or moving bar" if neither check
+   supports it; otherwise the gradient verdict.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ CONTRADICTED = "contradicted"
 UNDETERMINED = "undetermined at this scale"
 GRADIENT_MASKING = "gradient masking"
 MOVING_BAR = "moving bar"
-VERDICTS = (SUPPORTED, CONTRADICTED, UNDETERMINED, GRADIENT_MASKING, MOVING_BAR)
+NEITHER_CHECK = "gradient masking or moving bar"  # the delay survives neither check: the two cannot be told apart
+VERDICTS = (SUPPORTED, CONTRADICTED, UNDETERMINED, GRADIENT_MASKING, MOVING_BAR, NEITHER_CHECK)
 
 CRITERIA = ("success", "drop")  # time_to_success (the model's own bar), steps_to_drop (fluency-free)
 
@@ -327,15 +330,19 @@ def combine_seeds(per_seed_verdicts: Sequence[str]) -> str:
     return verdicts[0] if all(v == verdicts[0] for v in verdicts) else UNDETERMINED
 
 
-def robustness_verdict(gradient: str, uniform: str, fluency_free: str) -> str:
-    """Rule 3: a gradient-GCG "supported" that the gradient-free search or the fluency-free criterion
-    does not reproduce is "gradient masking" or "moving bar" (checked in that order)."""
+def robustness_verdict(gradient: str, uniform: str, fluency_free: str, transfer: Optional[str] = None) -> str:
+    """Rule 3: a gradient-GCG "supported" that the gradient-free search does not reproduce (or that transfer
+    contradicts: the Baseline's attacks beat the variant's own) is "gradient masking"; one that the fluency-free
+    criterion does not reproduce is "moving bar"; one that survives neither check is "gradient masking or moving
+    bar". Any other gradient verdict stands."""
     gradient, uniform, fluency_free = (_check_verdict(v) for v in (gradient, uniform, fluency_free))
-    if gradient == SUPPORTED and uniform != SUPPORTED:
-        return GRADIENT_MASKING
-    if gradient == SUPPORTED and fluency_free != SUPPORTED:
-        return MOVING_BAR
-    return gradient
+    if gradient != SUPPORTED:
+        return gradient
+    masked = uniform != SUPPORTED or (transfer is not None and _check_verdict(transfer) == CONTRADICTED)
+    moving = fluency_free != SUPPORTED
+    if masked and moving:
+        return NEITHER_CHECK
+    return GRADIENT_MASKING if masked else MOVING_BAR if moving else SUPPORTED
 
 
 # --- one call -------------------------------------------------------------------------------------

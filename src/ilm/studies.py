@@ -144,9 +144,9 @@ def check_seed_study(config: Mapping) -> None:
     if list(s.settings) != ["train.seed"] or len(s.points) < 2:
         raise ValueError(f"claims.seed_study {name!r} must sweep train.seed alone over at least 2 seeds "
                          f"(it sweeps {', '.join(s.settings)} over {len(s.points)} point(s))")
-    missing = [v for v in config["variants"] if v not in s.variants]
-    if missing:
-        raise ValueError(f"claims.seed_study {name!r} must train every variant; add {missing} to its variants")
+    if "base" not in s.variants:
+        raise ValueError(f"claims.seed_study {name!r} must train the Baseline (every claim compares with it); "
+                         "add base to its variants")
     if not any(reuses_main_run(config, name, p) for p in s.points):
         raise ValueError(f"claims.seed_study {name!r} must include the main run's train.seed "
                          f"({config['train']['seed']}) so its first replicate is the main run")

@@ -114,18 +114,16 @@ use rule summarise_uniform as study_summarise_uniform with:
 
 use rule transfer_gcg as study_transfer_gcg with:
     input:
-        models=[path for v in VARIANTS for path in model_files(STUDY_RUN, v)],
-        attacks=expand(
-            f"{STUDY_RUN}/metrics/{{v}}/gcg.csv", v=VARIANTS, allow_missing=True
-        ),
+        unpack(study_transfer_inputs),
     output:
         table=f"{STUDY_RUN}/metrics/transfer.csv",
     log:
         f"{STUDY_LOGS}/gcg/transfer.log",
     params:
-        variants=VARIANTS,
+        variants=lambda w: seed_variants(w),
         model_dirs=lambda w: [
-            f"{RESULTS}/studies/{w.study}/{w.point}/models/{v}" for v in VARIANTS
+            f"{RESULTS}/studies/{w.study}/{w.point}/models/{v}"
+            for v in seed_variants(w)
         ],
         config=study_config_file("transfer_gcg"),
 
@@ -155,7 +153,7 @@ rule tabulate_seed_claims:
         CONDA_ENV
     params:
         stem=output_stem,
-        config=config_file("tabulate_claims"),
+        config=config_file("tabulate_seed_claims"),
         runtime=runtime_file,
     shell:
         "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

@@ -307,6 +307,20 @@ def study_model_files(name):
     return paths
 
 
+def seed_variants(wildcards):
+    """The variants a study trains that the main run has too (the seed study's replicates)."""
+    return [v for v in STUDIES[wildcards.study].variants if v in VARIANTS]
+
+
+def study_transfer_inputs(wildcards):
+    """Each replicate's models and attacks, for the transfer matrix of one study point."""
+    root = f"{RESULTS}/studies/{wildcards.study}/{wildcards.point}"
+    return {
+        "models": [p for v in seed_variants(wildcards) for p in model_files(root, v)],
+        "attacks": [f"{root}/metrics/{v}/gcg.csv" for v in seed_variants(wildcards)],
+    }
+
+
 def seed_claims_targets(name):
     return expand(f"{RESULTS}/studies/{name}/claims.{{ext}}", ext=["csv", "md", "tex"])
 
@@ -322,7 +336,7 @@ def seed_claims_inputs(wildcards):
         *(
             f"{root}/metrics/{v}/{name}"
             for root in roots
-            for v in VARIANTS
+            for v in seed_variants(wildcards)
             for name in CLAIM_FILES
         ),
         *(f"{root}/metrics/transfer.csv" for root in roots),

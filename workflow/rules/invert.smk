@@ -88,7 +88,7 @@ rule summarise_inversion:
         runtime=60,
     params:
         model_dir=model_dir,
-        data_dir=DATA,
+        data_dir=input_dir("test"),
         config=config_file("summarise_inversion"),
         runtime=runtime_file,
     shell:

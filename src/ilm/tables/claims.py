@@ -17,8 +17,8 @@ in docs/method.md §14), never by hand:
   transfer**: the Baseline's attacks scored on the variant against the variant's own white-box
   attacks (> 0: white-box is stronger, as it should be without gradient masking).
 * **ILM resists GCG, every check**: `robustness_verdict` of the above: gradient masking when the
-  gradient-free search or transfer does not confirm the effect, moving bar when the
-  fluency-independent criterion does not.
+  gradient-free search does not confirm the effect (or transfer beats white-box), moving bar when
+  the fluency-independent criterion does not, "gradient masking or moving bar" when neither does.
 * **Inversion recovers prompts better than the reverse bigram**: paired token F1 per sample.
 
 Across seeds (`claims.seed_study`): each row is computed per seed; the effect and interval shown are
@@ -213,6 +213,7 @@ class RunAttacks:
     drop: dict[str, rb.PairAnalysis]
     uniform: dict[str, rb.PairAnalysis]
     rank_correlation: dict[str, tuple[float, int]]  # model -> (mean over windows, finite windows), uniform search
+    rank_correlation_difference: dict[str, rb.Estimate]  # variant -> paired difference with the Baseline
     drop_nats: Optional[float]  # None: the Baseline's attacks never fell below their start
     stories_of: dict[int, int]
 
@@ -247,7 +248,7 @@ def analyse_run(run: Run, stories: np.ndarray, config: Mapping, drop_nats: Optio
     clusters = stories[samples]
     if drop_nats is None:
         drop_nats = fixed_drop(curves[BASE][1], claims["drop_quantile"])
-    out = RunAttacks({}, {}, {}, {}, drop_nats, {int(s): int(c) for s, c in zip(samples, clusters)})
+    out = RunAttacks({}, {}, {}, {}, {}, drop_nats, {int(s): int(c) for s, c in zip(samples, clusters)})
     for v in curves:
         if v == BASE:
             continue
@@ -262,6 +263,13 @@ def analyse_run(run: Run, stories: np.ndarray, config: Mapping, drop_nats: Optio
     for v, (_, _, corr) in uniform.items():
         finite = corr[np.isfinite(corr)]
         out.rank_correlation[v] = (float(finite.mean()) if finite.size else float("nan"), int(finite.size))
+        if v != BASE and BASE in uniform:
+            diffs = corr - uniform[BASE][2]  # (n,) paired on the windows
+            keep = np.isfinite(diffs)
+            if keep.any():
+                low, high = bootstrap_interval(diffs[keep], clusters=clusters[keep], confidence=stats.confidence,
+                                               resamples=stats.bootstrap_resamples, seed=stats.seed)
+                out.rank_correlation_difference[v] = rb.Estimate(float(diffs[keep].mean()), low, high)
     return out
 
 
@@ -344,10 +352,8 @@ def seed_results(run: Run, inputs: Inputs, config: Mapping, drop_nats: Optional[
             g.verdict,
             uniform.verdict if uniform is not None else rb.UNDETERMINED,
             families[FLUENCY_FREE][v].verdict if v in families[FLUENCY_FREE] else rb.UNDETERMINED,
+            transfer_verdict.verdict if transfer_verdict is not None else None,
         )
-        if overall == g.verdict == rb.SUPPORTED and transfer_verdict is not None and \
-                transfer_verdict.verdict == rb.CONTRADICTED:
-            overall = rb.GRADIENT_MASKING  # the Baseline's attacks break the variant more often than its own
         families[OVERALL][v] = Result("the rows above, by the robustness rule (docs/method.md §14)", g.effect, g.low,
                                       g.high, g.p, g.n, g.stories, p_holm=g.p_holm, verdict=overall)
     return {(c, m): r for c, rows in families.items() for m, r in rows.items()}, attacks

@@ -59,7 +59,11 @@ def model_rows(attacks, transfer: Optional[pd.DataFrame], models: Sequence[str])
     rows = []
     for m in models:
         corr, n = attacks.rank_correlation.get(m, (float("nan"), 0))
-        row = {"Model": variant_name(m), "Gradient rank correlation (uniform candidates)": corr, "Windows": n}
+        diff = attacks.rank_correlation_difference.get(m)
+        row = {"Model": variant_name(m), "Gradient rank correlation (uniform candidates)": corr, "Windows": n,
+               "vs Baseline": diff.estimate if diff else float("nan"),
+               "vs Baseline low": diff.low if diff else float("nan"),
+               "vs Baseline high": diff.high if diff else float("nan")}
         if matrix is not None:
             row.update({f"Transfer to {variant_name(t)} (%)": 100 * float(matrix.loc[m, t]) for t in models})
         rows.append(row)
@@ -87,7 +91,8 @@ def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer: Op
         pd.DataFrame(model_rows(attacks, transfer, models)), stem.with_name(f"{stem.name}_models"), digits=3,
         label="tab:gcg_robustness_models",
         caption=("Per model: Spearman correlation between the actual loss change of uniformly drawn GCG candidates and "
-                 "its first-order prediction from the gradient (low: an uninformative gradient), and the success of "
+                 "its first-order prediction from the gradient (low: an uninformative gradient), its paired "
+                 "difference with the Baseline on the same windows (story bootstrap), and the success of "
                  "the model's own GCG attacks (rows) scored on every model (columns)."),
     )
     return frame
