@@ -232,6 +232,7 @@ def test_unchecked_config_equals_the_validated_one_for_the_paper_config():
 def test_statistics_defaults_and_ranges():
     """The statistics section fills its defaults; a level of 0 or 1, or too few resamples, fail naming the key."""
     assert validate_config({})["statistics"] == {"confidence": 0.95, "bootstrap_resamples": 1000, "seed": 0}
+    assert "statistics" not in stage_slice(validate_config({}), "evaluate_model")  # no statistics in the GPU job
     for confidence in (0, 1.0, 1.5):
         with pytest.raises(ValueError, match="statistics.confidence"):
             validate_config({"statistics": {"confidence": confidence}})
@@ -239,7 +240,7 @@ def test_statistics_defaults_and_ranges():
         validate_config({"statistics": {"bootstrap_resamples": 50}})
     with pytest.raises(ValueError, match="statistics.seed"):
         validate_config({"statistics": {"seed": -1}})
-    for stage in ("summarise_gcg", "tabulate_gcg_summary", "plot_gcg_success_rate", "evaluate_model"):
+    for stage in ("summarise_gcg", "tabulate_gcg_summary", "plot_gcg_success_rate", "tabulate_forward_quality"):
         assert stage_slice(validate_config({}), stage)["statistics"]["confidence"] == 0.95, stage
 
 

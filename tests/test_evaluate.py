@@ -71,14 +71,8 @@ def test_forward_metrics_match_an_independent_computation(tmp_path, model_and_da
     for k in (1, 3, 5):
         assert forward[f"top{k}"] == pytest.approx(float((rank < k).double().mean()), abs=1e-12)
     assert 0 < forward["top1"] < forward["top5"] < 1, "the check needs non-trivial accuracies"
-    # The interval resamples whole windows (their tokens move together), with the statistics section's settings.
-    stats = eval_config()["statistics"]
-    low, high = bootstrap_interval(
-        (-target_logp).sum(1).numpy(), np.full(N_TEST, WINDOW - 1), confidence=stats["confidence"],
-        resamples=stats["bootstrap_resamples"], seed=stats["seed"],
-    )
-    assert (forward["ce_low"], forward["ce_high"]) == pytest.approx((low, high), rel=1e-5)
-    assert forward["ce_low"] < forward["ce"] < forward["ce_high"]
+    # No statistics in this GPU job: the tables compute intervals from the per-window sums (eval_windows.csv).
+    assert "ce_low" not in forward and "statistics" not in forward["meta"]["config"]
     assert forward["meta"]["variant"] == "base" and "git_commit" in forward["meta"]
     assert set(forward["meta"]["inputs_sha256"]) == {"model", "test.npy"}
 

@@ -29,18 +29,38 @@ def config(**gcg) -> dict:
                                            examples=2), **gcg}})
 
 
+STORIES = np.array([0, 0, 1, 1])  # four test windows from two stories
+
+
 def write_eval_metrics(root: Path, variant: str, ce: float, acc: float) -> Path:
-    """forward.json and inverse.json of one variant; the three protocols get distinct numbers."""
+    """forward.json, inverse.json and eval_windows.csv of one variant (and root/test_stories.npy); the protocols get
+    distinct numbers. Story 0's windows sit 0.1 nats (5 points) below the mean and story 1's as far above, so a
+    story bootstrap's 95 % interval is exactly mean -/+ 0.1 (both drawn twice has probability 1/4 > 2.5 %)."""
     d = root / "metrics" / variant
     d.mkdir(parents=True)
-    (d / "forward.json").write_text(json.dumps({"ce": ce, "ce_low": ce - 0.1, "ce_high": ce + 0.2,
-                                                "perplexity": math.exp(ce), "top1": acc, "top3": acc + 0.1,
+    np.save(root / "test_stories.npy", STORIES)
+    (d / "forward.json").write_text(json.dumps({"ce": ce, "perplexity": math.exp(ce), "top1": acc, "top3": acc + 0.1,
                                                 "top5": acc + 0.2, "tokens": 1000, "meta": {}}))
     inverse = {p: {"top1": acc / (i + 2), "top3": acc / (i + 2) + 0.1, "top5": acc / (i + 2) + 0.2, "ce": 3.0 + i,
                    "rows": 10, "without_g": {"top1": acc / (i + 4), "top3": 0.5, "top5": 0.6, "ce": 4.0}}
                for i, p in enumerate(("identity", "bert_like", "inv_first"))}
     (d / "inverse.json").write_text(json.dumps({**inverse, "meta": {}}))
+    shift = np.where(STORIES == 0, -1.0, 1.0)  # (4,)
+    windows = {"window": np.arange(4), "forward_ce_sum": 10 * (ce + 0.1 * shift), "forward_rows": np.full(4, 10)}
+    for i, p in enumerate(("identity", "bert_like", "inv_first")):
+        windows.update({f"{p}_ce_sum": np.full(4, 10.0), f"{p}_rows": np.full(4, 10),
+                        f"{p}_top1": 10 * (acc / (i + 2) + 0.05 * shift),
+                        f"{p}_top1_without_g": np.full(4, 10 * acc / (i + 4))})
+    pd.DataFrame(windows).to_csv(d / "eval_windows.csv", index=False)
     return d
+
+
+def eval_inputs(root: Path, dirs: list[Path], name: str) -> list[Path]:
+    """A table's inputs: each variant's `name` and eval_windows.csv, and the stories."""
+    return [*(d / name for d in dirs), *(d / "eval_windows.csv" for d in dirs), root / "test_stories.npy"]
+
+
+CONFIG = {"statistics": {"confidence": 0.95, "bootstrap_resamples": 1000, "seed": 0}}
 
 
 class _Cells(HTMLParser):
@@ -78,47 +98,52 @@ def html_cells(path: Path) -> _Cells:
 
 def test_forward_table_cells_are_the_metrics_in_paper_order(tmp_path):
     """Rows follow the paper's order and names; CE, PPL and tokens are copied, accuracies become percentages."""
-    files = [write_eval_metrics(tmp_path, v, ce, acc) / "forward.json"
-             for v, ce, acc in [("inv_first", 2.0, 0.5), ("base", 1.5, 0.3), ("identity", 1.7, 0.4)]]
-    main(["table", "forward_quality", "--inputs", *map(str, files), "--out-stem", str(tmp_path / "t" / "fq")])
+    dirs = [write_eval_metrics(tmp_path, v, ce, acc) for v, ce, acc in [("inv_first", 2.0, 0.5), ("base", 1.5, 0.3),
+                                                                          ("identity", 1.7, 0.4)]]
+    files = eval_inputs(tmp_path, dirs, "forward.json")
+    assert main(["table", "forward_quality", "--inputs", *map(str, files), "--out-stem", str(tmp_path / "t" / "fq")]) == 0
     df = pd.read_csv(tmp_path / "t" / "fq.csv")
     assert list(df["Model"]) == ["Baseline", "Identity", "Inv-First"]
     assert df["CE"].tolist() == pytest.approx([1.5, 1.7, 2.0])
+    # the interval resamples the two stories: mean -/+ 0.1 (a window bootstrap would give a narrower one)
     assert df["CE low"].tolist() == pytest.approx([1.4, 1.6, 1.9])
-    assert df["CE high"].tolist() == pytest.approx([1.7, 1.9, 2.2])
+    assert df["CE high"].tolist() == pytest.approx([1.6, 1.8, 2.1])
     assert df["PPL"].tolist() == pytest.approx([math.exp(1.5), math.exp(1.7), math.exp(2.0)])
     assert df["Top-1 (%)"].tolist() == pytest.approx([30.0, 40.0, 50.0])
     assert df["Top-5 (%)"].tolist() == pytest.approx([50.0, 60.0, 70.0])
     assert df["Tokens"].tolist() == [1000] * 3
     md = (tmp_path / "t" / "fq.md").read_text().splitlines()
-    assert len(md) == 2 + 3 and md[2].startswith("| Baseline | 1.500 | 1.400 | 1.700 | 4.482 | 30.000 |")
+    assert len(md) == 2 + 3 and md[2].startswith("| Baseline | 1.500 | 1.400 | 1.600 | 4.482 | 30.000 |")
     tex = (tmp_path / "t" / "fq.tex").read_text()
     assert r"Model & CE & CE low & CE high & PPL & Top-1 (\%) & Top-3 (\%) & Top-5 (\%) & Tokens \\" in tex
-    assert r"Inv-First & 2.000 & 1.900 & 2.200 & 7.389 & 50.000 & 60.000 & 70.000 & 1000 \\" in tex
+    assert r"Inv-First & 2.000 & 1.900 & 2.100 & 7.389 & 50.000 & 60.000 & 70.000 & 1000 \\" in tex
 
 
 def test_inverse_table_cells_follow_each_protocol(tmp_path):
     """Each row holds top-k accuracy (%) under every protocol, each from its own protocol's metrics."""
-    files = [write_eval_metrics(tmp_path, v, 1.0, a) / "inverse.json" for v, a in [("bert_like", 0.6), ("base", 0.4)]]
-    df = inverse_accuracy.build(files)
+    dirs = [write_eval_metrics(tmp_path, v, 1.0, a) for v, a in [("bert_like", 0.6), ("base", 0.4)]]
+    df = inverse_accuracy.build(eval_inputs(tmp_path, dirs, "inverse.json"), CONFIG)
     assert list(df["Model"]) == ["Baseline", "Bert-like"]
     for i, protocol in enumerate(["Identity", "Bert-like", "Inv-First"]):
         assert df[f"{protocol} top-1 (%)"].tolist() == pytest.approx([40.0 / (i + 2), 60.0 / (i + 2)])
         assert df[f"{protocol} top-5 (%)"].tolist() == pytest.approx([40.0 / (i + 2) + 20, 60.0 / (i + 2) + 20])
         assert df[f"{protocol} top-1 without g (%)"].tolist() == pytest.approx([40.0 / (i + 4), 60.0 / (i + 4)])
-        assert df[f"{protocol} top-1 g adds (pts)"].tolist() == pytest.approx(
-            [40.0 / (i + 2) - 40.0 / (i + 4), 60.0 / (i + 2) - 60.0 / (i + 4)]
-        )
+        gain = [40.0 / (i + 2) - 40.0 / (i + 4), 60.0 / (i + 2) - 60.0 / (i + 4)]
+        assert df[f"{protocol} top-1 g adds (pts)"].tolist() == pytest.approx(gain)
+        # story-bootstrap intervals: -/+ 5 points around top-1 and around what g adds (paired on the same rows)
+        assert df[f"{protocol} top-1 low"].tolist() == pytest.approx([40.0 / (i + 2) - 5, 60.0 / (i + 2) - 5])
+        assert df[f"{protocol} g adds high"].tolist() == pytest.approx([g + 5 for g in gain])
 
 
 def test_inverse_table_refuses_metrics_without_the_no_g_accuracy(tmp_path):
     """inverse.json from before `without_g` existed: a clear error asking to rerun the evaluation."""
-    path = write_eval_metrics(tmp_path, "base", 1.0, 0.4) / "inverse.json"
+    d = write_eval_metrics(tmp_path, "base", 1.0, 0.4)
+    path = d / "inverse.json"
     metrics = json.loads(path.read_text())
     del metrics["bert_like"]["without_g"]
     path.write_text(json.dumps(metrics))
     with pytest.raises(ValueError, match=r"base lack the 'bert_like' protocol or its accuracy without g; rerun"):
-        inverse_accuracy.build([path])
+        inverse_accuracy.build(eval_inputs(tmp_path, [d], "inverse.json"), CONFIG)
 
 
 def test_latex_escapes_headers_captions_and_cells():
@@ -295,9 +320,14 @@ def test_figure_has_one_line_and_band_per_variant(tmp_path):
 
 def test_missing_metric_file_and_unknown_table_are_clear_errors(tmp_path, capsys):
     """The CLI reports a missing metric file or an unknown table name and exits with status 2."""
-    assert main(["table", "forward_quality", "--inputs", str(tmp_path / "x" / "forward.json"),
+    d = write_eval_metrics(tmp_path, "base", 1.5, 0.3)
+    (d / "forward.json").unlink()
+    assert main(["table", "forward_quality", "--inputs", *map(str, eval_inputs(tmp_path, [d], "forward.json")),
                  "--out-stem", str(tmp_path / "fq")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["table", "forward_quality", "--inputs", str(d / "eval_windows.csv"), str(d / "forward.json"),
+                 "--out-stem", str(tmp_path / "fq")]) == 2
+    assert "needs results/data/test_stories.npy" in capsys.readouterr().err
     assert main(["table", "nope", "--inputs", str(tmp_path), "--out-stem", str(tmp_path / "fq")]) == 2
     assert "unknown table 'nope'" in capsys.readouterr().err
     assert main(["figure", "nope", "--inputs", str(tmp_path), "--out-stem", str(tmp_path / "fq")]) == 2
@@ -504,12 +534,12 @@ def test_html_table_rounds_each_column_for_a_reader(tmp_path):
 
 def test_every_table_writer_also_writes_html(tmp_path):
     """forward_quality through the CLI, and the mean ± std tables, each write a .html table with rounded cells."""
-    files = [write_eval_metrics(tmp_path, v, ce, acc) / "forward.json" for v, ce, acc in [("base", 1.5, 0.3)]]
+    files = eval_inputs(tmp_path, [write_eval_metrics(tmp_path, "base", 1.5, 0.3)], "forward.json")
     main(["table", "forward_quality", "--inputs", *map(str, files), "--out-stem", str(tmp_path / "fq")])
     cells = html_cells(tmp_path / "fq.html")
     assert cells.tables == 1 and cells.header[:3] == ["Model", "CE [interval]", "PPL"]
     # CE 1.5 in [1.4, 1.7]: half-width 0.15 gives 2 decimals; PPL e^1.5 = 4.48 to 3 digits; top-1 30 %.
-    assert cells.rows[0][:4] == ["Baseline", "1.50 [1.40, 1.70]", "4.48", "30.0"]
+    assert cells.rows[0][:4] == ["Baseline", "1.50 [1.40, 1.60]", "4.48", "30.0"]
 
     from ilm.tables import gcg_naturalness
 

@@ -97,7 +97,7 @@ STAGES: dict[str, Scope] = {
     "download_data": Scope(("data.source", "data.revision")),
     "prepare_data": Scope(("data",)),
     "train_model": Scope(("data", "model", "objective", "train")),
-    "evaluate_model": Scope(("data", "model", "objective", "evaluate", "statistics")),
+    "evaluate_model": Scope(("data", "model", "objective", "evaluate")),
     "select_gcg_samples": Scope(
         ("data.window", "gcg.prefix_length", "gcg.target_length", "gcg.fraction", "gcg.count", "gcg.sample_seed",
          "gcg.shards")
@@ -115,8 +115,8 @@ STAGES: dict[str, Scope] = {
     "tabulate_token_entropy": Scope(()),
     "plot_token_entropy": Scope(()),
     "plot_training_curves": Scope(()),
-    "tabulate_forward_quality": Scope(()),
-    "tabulate_inverse_accuracy": Scope(()),
+    "tabulate_forward_quality": Scope(("statistics",)),
+    "tabulate_inverse_accuracy": Scope(("statistics",)),
     "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps", "statistics")),
     "tabulate_gcg_examples": Scope(("gcg.examples",)),
     "plot_inverse_by_position": Scope(()),

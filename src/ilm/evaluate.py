@@ -33,7 +33,6 @@ from ilm.objectives import (
     topk_hits,
 )
 from ilm.progress import Progress
-from ilm.stats import StatisticsConfig, bootstrap_interval
 
 logger = logging.getLogger("ilm.evaluate")
 
@@ -62,17 +61,6 @@ def _batches(windows: np.ndarray, batch_size: int, device: torch.device, progres
             progress.update(1)
 
 
-def _with_interval(out: dict, window_sums: list[torch.Tensor], window_rows: list[torch.Tensor],
-                   stats: StatisticsConfig) -> dict:
-    """Add `ce_low` / `ce_high`: the bootstrap interval of the CE over test windows (rows of a window move together)."""
-    sums = torch.cat(window_sums).double().cpu().numpy()
-    rows = torch.cat(window_rows).double().cpu().numpy()
-    low, high = bootstrap_interval(
-        sums, rows, confidence=stats.confidence, resamples=stats.bootstrap_resamples, seed=stats.seed
-    )
-    return {**out, "ce_low": low, "ce_high": high}
-
-
 @torch.no_grad()
 def forward_metrics(
     model: torch.nn.Module,
@@ -80,11 +68,10 @@ def forward_metrics(
     batch_size: int,
     ks: Sequence[int],
     device: torch.device,
-    stats: StatisticsConfig,
     progress: Optional[Progress] = None,
 ) -> dict:
-    """Next-token CE (with its bootstrap interval over windows), perplexity, top-k accuracy and the
-    number of predicted positions (§1.2).
+    """Next-token CE, perplexity, top-k accuracy and the number of predicted positions (§1.2), with the
+    per-window CE sums from which the tables compute intervals (no statistics in this GPU job).
 
     Position t predicts token t+1; the last position has no target (docs/method.md §0).
     """
@@ -105,7 +92,6 @@ def forward_metrics(
     out = {"ce": ce, "perplexity": float(np.exp(ce))}
     out.update({f"top{k}": int(correct[k]) / tokens for k in ks})
     out["tokens"] = tokens
-    out = _with_interval(out, window_sums, window_rows, stats)
     out["per_window"] = {"ce_sum": torch.cat(window_sums).cpu().tolist(), "rows": torch.cat(window_rows).cpu().tolist()}
     return out
 
@@ -121,7 +107,6 @@ def inverse_metrics(
     ks: Sequence[int],
     seed: int,
     device: torch.device,
-    stats: StatisticsConfig,
     progress: Optional[Progress] = None,
 ) -> dict:
     """Top-k accuracy and CE of the inverse classification under one protocol, with and without g (§1.5-§1.7, §6.1).
@@ -129,7 +114,7 @@ def inverse_metrics(
     With g, v = x - g (g alone for the `*_grad` variants); `without_g` classifies the same rows
     from x alone (from 0 for `*_grad`, which is chance), so the difference is what g carries.
     `by_position` gives the rows and the top-1 accuracy (with g) at each position of the window;
-    `ce_low` / `ce_high` the bootstrap interval of the CE with g over windows.
+    `per_window` the sums behind every number, for intervals computed downstream.
     g is taken without double backprop; the Bert-like masks come from a generator seeded with
     `seed`, so the result is deterministic.
     """
@@ -168,7 +153,7 @@ def inverse_metrics(
 
     rows_at, top1_at = rows_at.tolist(), top1_at.tolist()
     return {
-        **_with_interval(summary(True), window_sums, window_rows, stats),
+        **summary(True),
         "rows": rows,
         "without_g": summary(False),
         "per_window": {
@@ -231,7 +216,6 @@ def evaluate(
     """Write forward.json and inverse.json (and the per-window values, windows_out) for the model on the test split."""
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     cfg = EvaluateConfig.from_dict(config["evaluate"])
-    stats = StatisticsConfig.from_dict(config["statistics"])
     _, gradient_only = parse_variant(variant)  # the Baseline projects x - g like the plain variants
     objective_cfg = ObjectiveConfig.from_dict(config["objective"])
     ks = sorted(set(cfg.top_k))
@@ -247,16 +231,16 @@ def evaluate(
     # One line for the whole job: the forward pass, then one inverse pass per protocol.
     with Progress(_n_batches(windows, cfg.batch_size) * (1 + len(PROTOCOLS)), f"evaluate {variant}", unit="batch",
                   log=logger) as progress:
-        forward = forward_metrics(model, windows, cfg.batch_size, ks, device, stats, progress)
+        forward = forward_metrics(model, windows, cfg.batch_size, ks, device, progress)
         inverse = {
             protocol: inverse_metrics(
-                model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device, stats,
+                model, windows, protocol, gradient_only, objective_cfg, cfg.batch_size, ks, cfg.seed, device,
                 progress,
             )
             for protocol in PROTOCOLS
         }
     meta = provenance(
-        {key: dict(config[key]) for key in ("objective", "evaluate", "statistics")},
+        {key: dict(config[key]) for key in ("objective", "evaluate")},
         inputs={"model": model_fingerprint(model_dir), "test.npy": file_sha256(data_dir / "test.npy")},
         variant=variant,
         model_dir=str(model_dir),

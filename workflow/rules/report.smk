@@ -111,6 +111,8 @@ rule tabulate_forward_quality:
     # Test CE, perplexity and next-token top-k accuracy, one row per variant.
     input:
         metrics=metric_files("forward.json"),
+        windows=metric_files("eval_windows.csv"),
+        stories=f"{DATA}/test_stories.npy",
     output:
         csv=report(
             f"{RESULTS}/tables/forward_quality.csv",
@@ -130,15 +132,19 @@ rule tabulate_forward_quality:
         CONDA_ENV
     params:
         stem=output_stem,
+        config=config_file("tabulate_forward_quality"),
+        runtime=runtime_file,
     shell:
-        "ilm table forward_quality --inputs {input.metrics}"
-        " --out-stem {params.stem} > {log} 2>&1"
+        "ilm table forward_quality --inputs {input} --out-stem {params.stem}"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule tabulate_inverse_accuracy:
     # Inverse top-k accuracy under the Identity, Bert-like and Inv-First protocols, one row per variant.
     input:
         metrics=metric_files("inverse.json"),
+        windows=metric_files("eval_windows.csv"),
+        stories=f"{DATA}/test_stories.npy",
     output:
         csv=report(
             f"{RESULTS}/tables/inverse_accuracy.csv",
@@ -158,9 +164,11 @@ rule tabulate_inverse_accuracy:
         CONDA_ENV
     params:
         stem=output_stem,
+        config=config_file("tabulate_inverse_accuracy"),
+        runtime=runtime_file,
     shell:
-        "ilm table inverse_accuracy --inputs {input.metrics}"
-        " --out-stem {params.stem} > {log} 2>&1"
+        "ilm table inverse_accuracy --inputs {input} --out-stem {params.stem}"
+        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule plot_inverse_by_position:

@@ -57,6 +57,37 @@ def read_json_by_variant(paths: Sequence[Path]) -> dict[str, dict]:
     return out
 
 
+def split_inputs(paths: Sequence[Path], json_name: str) -> tuple[list[Path], dict[str, pd.DataFrame], np.ndarray]:
+    """(the per-variant `json_name` files, {variant: eval_windows.csv sorted by window}, story of every test window)
+    of a table built from `ilm evaluate`'s outputs and results/data/test_stories.npy."""
+    metrics, windows, stories = [], {}, None
+    for path in map(Path, paths):
+        if path.name == json_name:
+            metrics.append(path)
+        elif path.name == "eval_windows.csv":
+            windows[variant_of(path)] = pd.read_csv(path).sort_values("window").reset_index(drop=True)
+        elif path.name.endswith("_stories.npy"):
+            stories = np.load(path)
+        else:
+            raise ValueError(f"{path} is not a {json_name}, eval_windows.csv or test_stories.npy file")
+    if stories is None:
+        raise ValueError("the table needs results/data/test_stories.npy: its intervals resample stories")
+    missing = sorted({variant_of(p) for p in metrics} - set(windows))
+    if missing:
+        raise ValueError(f"no eval_windows.csv for {missing}; run `ilm evaluate` for them with --windows-out")
+    return metrics, windows, stories
+
+
+def story_interval(sums, rows, windows: pd.DataFrame, stories: np.ndarray, config) -> tuple[float, float]:
+    """Bootstrap interval of sum(sums) / sum(rows) over test windows, resampling stories (their windows overlap)."""
+    from ilm.stats import StatisticsConfig, bootstrap_interval
+
+    stats = StatisticsConfig.from_dict(config["statistics"])
+    clusters = stories[windows["window"].to_numpy()]
+    return bootstrap_interval(np.asarray(sums, dtype=float), np.asarray(rows, dtype=float), clusters=clusters,
+                              confidence=stats.confidence, resamples=stats.bootstrap_resamples, seed=stats.seed)
+
+
 def read_csvs(paths: Sequence[Path], what: str) -> pd.DataFrame:
     """The per-variant GCG CSV files concatenated (token ids kept as strings)."""
     frames = []

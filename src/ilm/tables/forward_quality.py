@@ -8,7 +8,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from ilm.names import order_variants, variant_name
-from ilm.tables.common import read_json_by_variant, write_table
+from ilm.stats import StatisticsConfig, level_label
+from ilm.tables.common import read_json_by_variant, split_inputs, story_interval, write_table
 
 
 def topk_keys(metrics: Mapping) -> list[str]:
@@ -16,16 +17,17 @@ def topk_keys(metrics: Mapping) -> list[str]:
     return sorted((k for k in metrics if k.startswith("top") and k[3:].isdigit()), key=lambda k: int(k[3:]))
 
 
-def build(paths: Sequence[Path]) -> pd.DataFrame:
-    """One row per variant (paper order): test CE, perplexity, next-token top-k accuracy (%) and tokens scored."""
-    by_variant = read_json_by_variant(paths)
+def build(paths: Sequence[Path], config: Mapping) -> pd.DataFrame:
+    """One row per variant (paper order): test CE with its story-bootstrap interval, perplexity, next-token top-k
+    accuracy (%) and tokens scored."""
+    metrics, windows, stories = split_inputs(paths, "forward.json")
+    by_variant = read_json_by_variant(metrics)
     rows = []
     for variant in order_variants(by_variant):
-        m = by_variant[variant]
+        m, w = by_variant[variant], windows[variant]
         row = {"Model": variant_name(variant), "CE": m["ce"]}
-        if "ce_low" not in m:
-            raise ValueError(f"forward metrics of {variant} lack the CE interval (ce_low); rerun `ilm evaluate` for it")
-        row.update({"CE low": m["ce_low"], "CE high": m["ce_high"], "PPL": m["perplexity"]})
+        low, high = story_interval(w["forward_ce_sum"], w["forward_rows"], w, stories, config)
+        row.update({"CE low": low, "CE high": high, "PPL": m["perplexity"]})
         row.update({f"Top-{k[3:]} (%)": 100.0 * m[k] for k in topk_keys(m)})
         row["Tokens"] = int(m["tokens"])
         rows.append(row)
@@ -33,13 +35,14 @@ def build(paths: Sequence[Path]) -> pd.DataFrame:
 
 
 def write(inputs: Sequence[Path], out_stem: Path, config: Mapping, tokenizer=None) -> None:
+    level = level_label(StatisticsConfig.from_dict(config["statistics"]).confidence)
     write_table(
-        build(inputs),
+        build(inputs, config),
         out_stem,
         digits=3,
         caption=(
-            "Forward quality on the test split: next-token cross-entropy with its bootstrap interval over test "
-            "windows (statistics.confidence), perplexity and top-k accuracy."
+            f"Forward quality on the test split: next-token cross-entropy with its {level} bootstrap interval "
+            "(stories resampled: their windows overlap), perplexity and top-k accuracy."
         ),
         label="tab:forward-quality",
     )
