@@ -69,6 +69,7 @@ localrules:
     fetch_judges,
     tabulate_gcg_naturalness,
     tabulate_claims,
+    plot_g_curves,
     tabulate_gcg_robustness,
     tabulate_seed_claims,
     study_summarise_uniform,

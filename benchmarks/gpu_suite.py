@@ -354,12 +354,14 @@ def short_training(model_cfg: Mapping, train: np.ndarray, val: np.ndarray, varia
         run.scheduler.step()
         _sync(device)
         seconds = time.perf_counter() - start
-        val_loss = val_ce = None
+        val_loss = val_ce = val_g = None
         if (step + 1) % cfg.val_every == 0 or step + 1 == schedule.total:
-            val_loss, val_ce = validation_loss(run.model, val_ids, cfg.micro_batch_size, variant, objective, cfg.seed,
-                                               cfg.precision)
+            val = validation_loss(run.model, val_ids, cfg.micro_batch_size, variant, objective, cfg.seed,
+                                  cfg.precision)
+            val_loss, val_ce, val_g = val.loss, val.ce, val.g_sq_over_eps
         rows.append({"step": step + 1, "loss": stats["loss"], "ce": stats["ce"], "inv_ce": stats["inv_ce"],
-                     "val_loss": val_loss, "val_ce": val_ce, "tokens_per_s": ids.numel() / seconds})
+                     "val_loss": val_loss, "val_ce": val_ce, "val_g_sq_over_eps": val_g,
+                     "tokens_per_s": ids.numel() / seconds})
     return rows
 
 

@@ -72,6 +72,14 @@ def run_files(tmp_path_factory) -> tuple[Path, list[Path]]:
             own = source == v
             transfer.append(pd.DataFrame({"source": source, "target": v, "sample": np.arange(N), "orig_loss": 5.0,
                                           "attack_loss": 4.0 if own else 6.0, "success": own}))
+    for v in SCENARIOS:  # validation g curves: flat, except Inv-First's g^2/eps, which triples in the second half
+        growth = 3.0 if v == "inv_first" else 1.0
+        log = pd.DataFrame({"step": [10, 20, 30, 40], "val_loss": 1.0, "val_inv_ce": 6.0,
+                            "val_inv_ce_without_g": 6.1, "val_g_sq_over_eps": [0.1, 0.1, 0.2, 0.1 * growth]})
+        folder = root / "results" / "models" / v
+        folder.mkdir(parents=True)
+        log.to_csv(folder / "train_log.csv", index=False)
+        inputs.append(folder / "train_log.csv")
     pd.concat(transfer).to_csv(root / "results" / "metrics" / "transfer.csv", index=False)
     inputs.append(root / "results" / "metrics" / "transfer.csv")
     for method, f1 in (("bigram", 0.2), ("identity", 0.5), ("bert_like", 0.2)):
@@ -187,3 +195,28 @@ def test_gradient_diagnostic_difference_is_paired_on_windows(run_files):
     assert np.isnan(models.loc["Baseline", "vs Baseline"])
     assert models.loc["Baseline", "Transfer to Baseline (%)"] == 100.0  # its own attacks (the fixture's transfer rows)
     assert models.loc["Baseline", "Transfer to Identity (%)"] == 0.0
+
+
+def test_g_still_growing_rule():
+    """g^2/eps or the CE gap growing more than the ratio between mid-training and the end: still growing, with why."""
+    from ilm.tables.claims import g_still_growing
+
+    def log(g2, gap):
+        return pd.DataFrame({"step": [0, 10, 20, 30, 40], "val_inv_ce": 6.0, "val_inv_ce_without_g": [6.0 + x for x in gap],
+                             "val_g_sq_over_eps": g2})
+
+    assert g_still_growing(log([1, 1, 1, 1, 1.2], [0.1] * 5), 1.5) is None  # flat: x1.2
+    assert g_still_growing(log([1, 1, 1, 1, 2.0], [0.1] * 5), 1.5) == "g still growing from step 20 to 40 (g^2/eps x2)"
+    assert "CE gap x3" in g_still_growing(log([1] * 5, [0.1, 0.1, 0.1, 0.2, 0.3]), 1.5)
+    assert g_still_growing(log([1, 1, 1, 1, 2.0], [0.1] * 5), 2.5) is None  # the ratio is the setting
+    assert g_still_growing(log([1, 1, 1, 1, 2.0], [0.1] * 5).iloc[:1], 1.5) is None  # one validation: cannot tell
+
+
+def test_recovery_row_says_when_g_is_still_growing(run_files):
+    """Inv-First's g curves still grow: its recovery row says so and cannot be 'contradicted'; flat ones say nothing."""
+    root, inputs = run_files
+    table = claims_table(root, inputs)
+    rec = table[table.Claim == "g lets the model recover its input"].set_index("Model")
+    assert "g still growing from step 20 to 40 (g^2/eps x3)" in rec.loc["Inv-First", "Test"]
+    assert "still growing" not in rec.loc["Identity", "Test"] and rec.loc["Identity", "Verdict"] == SUPPORTED
+    assert rec.loc["Inv-First", "Verdict"] == UNDETERMINED

@@ -110,3 +110,24 @@ def test_token_entropy_figure_plots_the_csv(tmp_path):
     (line,) = fig.axes[0].lines
     assert list(line.get_ydata()) == pytest.approx([0.0, 1.0, math.log2(3)])
     assert "12 training windows" in fig.axes[0].get_title()
+
+
+def test_g_curves_plot_the_validation_rows_of_ilm_variants(tmp_path):
+    """g_curves: per ILM variant, the validation inverse CE with and without g and g^2/eps at the validated steps;
+    the Baseline (no g) and steps without validation are left out."""
+    import pandas as pd
+
+    for variant, rows in (("base", [(10, None, None, None)]),
+                          ("inv_first", [(5, None, None, None), (10, 6.0, 6.2, 0.01), (20, 5.5, 6.1, 0.05)])):
+        d = tmp_path / "models" / variant
+        d.mkdir(parents=True)
+        pd.DataFrame(rows, columns=["step", "val_inv_ce", "val_inv_ce_without_g", "val_g_sq_over_eps"]).to_csv(
+            d / "train_log.csv", index=False)
+    logs = [tmp_path / "models" / v / "train_log.csv" for v in ("base", "inv_first")]
+    fig = figure_module("g_curves").draw(logs, tmp_path / "figures" / "g_curves", {})
+    assert (tmp_path / "figures" / "g_curves.png").stat().st_size > 0
+    ce_ax, g_ax = fig.axes[:2]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ce_ax.lines}
+    assert lines == {"Inv-First, with g": ([10, 20], [6.0, 5.5]), "Inv-First, without g": ([10, 20], [6.2, 6.1])}
+    assert [list(line.get_ydata()) for line in g_ax.lines if line.get_label() == "Inv-First"] == [[0.01, 0.05]]
+    assert g_ax.get_yscale() == "log"

@@ -502,3 +502,59 @@ def test_model_folder_loads_with_transformers_as_it_is(tiny_data_dir, tmp_path):
     assert tok.decode(generated).strip() == text  # the whole decoded sequence reads the same
     card = (out / "README.md").read_text()
     assert "Inv-First" in card and "pipeline(\"text-generation\"" in card and "step 2" in card
+
+
+@pytest.mark.parametrize("variant", ["inv_first", "bert_like"])
+def test_g_curves_match_an_independent_computation(tmp_path, variant):
+    """At each validation, val_inv_ce, val_inv_ce_without_g and val_g_sq_over_eps equal a direct computation on the
+    best model's validation windows: g by plain autograd of the summed CE / grad_scale_tokens, the rows classified
+    from Norm(x - g) and from Norm(x), the mean g^2 divided by the first RMSNorm's eps (Inv-First: position 0; the
+    Bert-like masks drawn as validation draws them)."""
+    from ilm.model import load_model
+    from ilm.objectives import draw_mask_positions, embed, forward_ce, project_to_vocab
+
+    data = write_data(tmp_path / "data")
+    cfg = tiny_config({"max_steps": 2, "val_every": 2, "log_every": 2})
+    cfg["objective"]["grad_scale_tokens"] = 1.0  # g large enough that "with g" and "without g" differ
+    train(data, tmp_path / "out", tmp_path / "ckpt", variant, cfg)
+    row = read_log(tmp_path / "out")[-1]
+    model = load_model(tmp_path / "out")  # step 2 is the only validation, so the best model is the step-2 model
+    val = torch.from_numpy(load_split(data, "validation")[: cfg["train"]["val_sequences"]].astype(np.int64))
+    obj = ObjectiveConfig.from_dict(cfg["objective"])
+    generator = torch.Generator().manual_seed(cfg["train"]["seed"])
+    sums = {"with": 0.0, "without": 0.0, "g2": 0.0}
+    micro = cfg["train"]["micro_batch_size"]
+    for start in range(0, len(val), micro):
+        ids = val[start : start + micro]  # (m, T)
+        if variant == "inv_first":
+            inputs, rows = ids.clone(), (torch.arange(len(ids)), torch.zeros(len(ids), dtype=torch.long))
+            inputs[:, 0] = 1  # <s> at position 0
+        else:
+            positions = draw_mask_positions(*ids.shape, obj.mask_fraction, generator)  # (m, k)
+            inputs = ids.clone()
+            inputs.scatter_(1, positions, obj.placeholder_id)
+            rows = (torch.arange(len(ids)).repeat_interleave(positions.shape[1]), positions.reshape(-1))
+        x = embed(model, inputs).detach().requires_grad_(True)  # (m, T, d)
+        ce = forward_ce(model, x, obj.next_targets(inputs), reduction="sum")
+        (g,) = torch.autograd.grad(ce, x)
+        g = g / obj.grad_scale_tokens
+        xr, gr, targets = x.detach()[rows], g[rows], ids[rows]  # (M, d), (M, d), (M,)
+        with torch.no_grad():
+            ce_with = torch.nn.functional.cross_entropy(project_to_vocab(model, xr - gr).double(), targets)
+            ce_without = torch.nn.functional.cross_entropy(project_to_vocab(model, xr).double(), targets)
+        sums["with"] += float(ce_with) * len(ids)
+        sums["without"] += float(ce_without) * len(ids)
+        sums["g2"] += float(gr.double().pow(2).mean()) * len(ids)
+    n, eps = len(val), model.model.layers[0].input_layernorm.variance_epsilon
+    assert float(row["val_inv_ce"]) == pytest.approx(sums["with"] / n, rel=1e-4)
+    assert float(row["val_inv_ce_without_g"]) == pytest.approx(sums["without"] / n, rel=1e-4)
+    assert float(row["val_g_sq_over_eps"]) == pytest.approx(sums["g2"] / n / eps, rel=1e-4)
+    assert float(row["val_inv_ce"]) != pytest.approx(float(row["val_inv_ce_without_g"]), rel=1e-6)
+
+
+def test_base_logs_no_g_curves(tmp_path):
+    """The Baseline has no g: its g columns stay empty."""
+    data = write_data(tmp_path / "data")
+    train(data, tmp_path / "out", tmp_path / "ckpt", "base", tiny_config({"max_steps": 2, "val_every": 2}))
+    row = read_log(tmp_path / "out")[-1]
+    assert row["val_loss"] and row["val_inv_ce"] == row["val_inv_ce_without_g"] == row["val_g_sq_over_eps"] == ""

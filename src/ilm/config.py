@@ -115,6 +115,7 @@ STAGES: dict[str, Scope] = {
     "tabulate_token_entropy": Scope(()),
     "plot_token_entropy": Scope(()),
     "plot_training_curves": Scope(()),
+    "plot_g_curves": Scope(()),
     "tabulate_forward_quality": Scope(("statistics",)),
     "tabulate_inverse_accuracy": Scope(("statistics",)),
     "tabulate_gcg_summary": Scope(("gcg.iterations", "gcg.steps", "statistics")),

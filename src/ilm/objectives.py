@@ -101,6 +101,10 @@ class ObjectiveOutput:
     inv_ce: Optional[torch.Tensor]  # inverse CE, detached; None for base
     inv_correct: dict[int, torch.Tensor]  # k -> inverse rows whose target is in the top-k, detached
     inv_rows: int  # rows of the inverse classification (0 for base)
+    # With diagnostics=True (validation): the inverse CE of the same rows without g, and the mean of g^2 over the
+    # rows' elements; both detached, None for base. How much g carries, and how large it is against the norm's eps.
+    inv_ce_without_g: Optional[torch.Tensor] = None
+    g_sq_mean: Optional[torch.Tensor] = None
 
 
 def embed(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -320,8 +324,11 @@ def compute_objective(
     generator: Optional[torch.Generator] = None,
     create_graph: bool = True,
     top_k: Sequence[int] = (1, 3, 5),
+    diagnostics: bool = False,
 ) -> ObjectiveOutput:
     """L = lambda_ce * L_fwd + lambda_inv * L_inv for one micro-batch of a variant (§1.4-§1.7).
+
+    `diagnostics` adds the inverse CE without g and the mean g^2 (one more head projection; validation only).
 
     identity / inv_first: one forward + one double backward (L_fwd comes from the pass that gives g).
     bert_like: a clean forward for L_fwd and a masked forward for g; the masked CE enters only
@@ -349,10 +356,18 @@ def compute_objective(
             inv_correct = topk_correct(logits, targets, top_k)
             inv_rows = targets.numel()
             inv_ce = inv_ce.detach()
+    without_g = g_sq = None
+    if diagnostics and protocol is not None:
+        with torch.no_grad():
+            plain = project_to_vocab(model, rows.vectors(gradient_only, with_g=False).detach())
+            without_g = F.cross_entropy(_upcast(plain), targets)
+            g_sq = rows.g.detach().float().pow(2).mean()
     return ObjectiveOutput(
         loss=loss if track else loss.detach(),
         ce=ce.detach(),
         inv_ce=inv_ce,
         inv_correct=inv_correct,
         inv_rows=inv_rows,
+        inv_ce_without_g=without_g,
+        g_sq_mean=g_sq,
     )

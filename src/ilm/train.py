@@ -45,7 +45,8 @@ from ilm.progress import Progress as ProgressLine, human  # train.Progress is th
 
 logger = logging.getLogger("ilm.train")
 
-LOG_COLUMNS = ("step", "epoch", "tokens", "lr", "loss", "ce", "inv_ce", "val_loss", "val_ce", "tokens_per_s")
+LOG_COLUMNS = ("step", "epoch", "tokens", "lr", "loss", "ce", "inv_ce", "val_loss", "val_ce", "val_inv_ce",
+               "val_inv_ce_without_g", "val_g_sq_over_eps", "tokens_per_s")
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 2  # bumped when the payload changes; an older checkpoint is set aside, not misread
 BEST_DIR_NAME = "best"
@@ -236,6 +237,22 @@ def accumulate_batch_gradients(
     return {"loss": totals["loss"], "ce": totals["ce"], "inv_ce": totals.get("inv_ce")}
 
 
+@dataclass
+class Validation:
+    """The objective on the fixed validation windows, and how much g carries there (ILM variants; else None)."""
+
+    loss: float  # combined loss: what selects the model written out
+    ce: float  # forward CE
+    inv_ce: Optional[float] = None  # inverse CE with g
+    inv_ce_without_g: Optional[float] = None  # the same rows from x alone (0 for `*_grad`)
+    g_sq_over_eps: Optional[float] = None  # mean g^2 over the rows' elements / the first RMSNorm's eps
+
+
+def first_norm_eps(model: torch.nn.Module) -> float:
+    """The eps of the first decoder layer's input RMSNorm: g^2 far below it means Norm(x - g) is Norm(x)."""
+    return float(model.model.layers[0].input_layernorm.variance_epsilon)
+
+
 def validation_loss(
     model: torch.nn.Module,
     val_ids: torch.Tensor,
@@ -244,19 +261,20 @@ def validation_loss(
     objective_cfg: ObjectiveConfig,
     seed: int,
     precision: str = "fp32",
-) -> tuple[float, float]:
-    """(combined loss, forward CE) on the fixed validation windows val_ids (N, T), deterministic.
+) -> Validation:
+    """The objective on the fixed validation windows val_ids (N, T), deterministic, with the g diagnostics.
 
     The objective is the training one without double backprop; the Bert-like masks come from
-    a generator re-seeded at every call, so every validation sees the same masks.
+    a generator re-seeded at every call, so every validation sees the same masks. The g curves
+    (inverse CE with and without g, mean g^2 / eps) are means over micro-batches weighted by windows.
     """
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=val_ids.device)
     generator.manual_seed(seed)
     n = val_ids.shape[0]
-    loss_sum = torch.zeros((), device=val_ids.device)
-    ce_sum = torch.zeros((), device=val_ids.device)
+    sums = {key: torch.zeros((), device=val_ids.device) for key in ("loss", "ce", "inv", "without", "g_sq")}
+    ilm = False
     # no_grad: the objective still takes g internally (grad mode is switched on for it) but
     # builds no parameter graph, so validation costs no extra memory.
     with torch.no_grad():
@@ -264,12 +282,24 @@ def validation_loss(
             micro = val_ids[start : start + micro_batch_size]  # (m, T)
             with _autocast(val_ids.device, precision):
                 out = compute_objective(
-                    model, micro, variant, objective_cfg, generator=generator, create_graph=False, top_k=()
+                    model, micro, variant, objective_cfg, generator=generator, create_graph=False, top_k=(),
+                    diagnostics=True,
                 )
-            loss_sum += out.loss.float() * micro.shape[0]
-            ce_sum += out.ce.float() * micro.shape[0]
+            m = micro.shape[0]
+            sums["loss"] += out.loss.float() * m
+            sums["ce"] += out.ce.float() * m
+            if out.inv_ce is not None:
+                ilm = True
+                sums["inv"] += out.inv_ce.float() * m
+                sums["without"] += out.inv_ce_without_g.float() * m
+                sums["g_sq"] += out.g_sq_mean.float() * m
     model.train(was_training)
-    return float(loss_sum) / n, float(ce_sum) / n
+    result = Validation(float(sums["loss"]) / n, float(sums["ce"]) / n)
+    if ilm:
+        result.inv_ce = float(sums["inv"]) / n
+        result.inv_ce_without_g = float(sums["without"]) / n
+        result.g_sq_over_eps = float(sums["g_sq"]) / n / first_norm_eps(model)
+    return result
 
 
 def improves(val_loss: float, best: Optional[float]) -> bool:
@@ -574,10 +604,12 @@ def train(
 
         last = progress.step == schedule.total
         val_loss = val_ce = None
+        val = Validation(float("nan"), float("nan"))
         if progress.step % cfg.val_every == 0 or last:
-            val_loss, val_ce = validation_loss(
+            val = validation_loss(
                 run.model, val_ids, cfg.micro_batch_size, variant, objective_cfg, cfg.seed, cfg.precision
             )
+            val_loss, val_ce = val.loss, val.ce
             if improves(val_loss, progress.best_val_loss):
                 progress.best_val_loss, progress.best_step = val_loss, progress.step
                 run.best_state = _state_copy(run.model)
@@ -598,6 +630,9 @@ def train(
                     "inv_ce": stats["inv_ce"],
                     "val_loss": val_loss,
                     "val_ce": val_ce,
+                    "val_inv_ce": val.inv_ce,
+                    "val_inv_ce_without_g": val.inv_ce_without_g,
+                    "val_g_sq_over_eps": val.g_sq_over_eps,
                     "tokens_per_s": round(rate, 1),
                 }
             )

@@ -10,6 +10,7 @@ rule tabulate_claims:
         windows=metric_files("eval_windows.csv"),
         transfer=f"{RESULTS}/metrics/transfer.csv",
         inversion=invert_metric_files("inversion.csv"),
+        logs=expand(f"{RESULTS}/models/{{variant}}/train_log.csv", variant=VARIANTS),
         stories=f"{DATA}/test_stories.npy",
     output:
         csv=report(
@@ -78,6 +79,27 @@ rule tabulate_gcg_robustness:
         runtime=runtime_file,
     shell:
         "ilm table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+
+
+rule plot_g_curves:
+    # Validation inverse CE with and without g and mean g^2 / eps against the step: is g still growing?
+    input:
+        logs=expand(f"{RESULTS}/models/{{variant}}/train_log.csv", variant=VARIANTS),
+    output:
+        pdf=f"{RESULTS}/figures/g_curves.pdf",
+        png=report(
+            f"{RESULTS}/figures/g_curves.png",
+            caption="../report/g_curves.rst",
+            category="Training",
+        ),
+    log:
+        "logs/figures/g_curves.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+    shell:
+        "ilm figure g_curves --inputs {input.logs} --out-stem {params.stem} > {log} 2>&1"
 
 
 # --- the seed study: the same attacks per replicate, and one claims table over every seed ---

@@ -293,6 +293,7 @@ def claims_targets():
             table=["claims", "gcg_robustness"],
             ext=["csv", "md", "tex"],
         ),
+        *expand(f"{RESULTS}/figures/g_curves.{{ext}}", ext=["pdf", "png"]),
     ]
 
 
@@ -340,6 +341,11 @@ def seed_claims_inputs(wildcards):
             for name in CLAIM_FILES
         ),
         *(f"{root}/metrics/transfer.csv" for root in roots),
+        *(
+            f"{root}/models/{v}/train_log.csv"
+            for root in roots
+            for v in seed_variants(wildcards)
+        ),
         f"{DATA}/test_stories.npy",
     ]
 

@@ -7,7 +7,9 @@ in docs/method.md §14), never by hand:
   Baseline, nats). Supported when its interval lies below `claims.fluency_margin`, contradicted
   when it lies above it, undetermined otherwise (non-inferiority).
 * **g lets the model recover its input**: inverse top-1 with g minus without g, per window, under
-  the variant's own protocol (points). `effect_verdict`.
+  the variant's own protocol (points). `effect_verdict`; while g is still growing at the end of
+  training (`g_still_growing`, from the validation g curves of train_log.csv) a verdict other than
+  supported is "undetermined at this scale": the curves have not flattened.
 * **ILM resists GCG**: the paired difference of restricted mean time to success (steps; > 0: the
   attack needs longer on the variant), with the exact McNemar test at the primary budget
   (the first of gcg.iterations where the Baseline reaches `claims.primary_rate`, chosen from the
@@ -70,6 +72,7 @@ class Run:
     uniform: dict[str, Path] = field(default_factory=dict)  # variant -> gcg_uniform_curves.npz
     windows: dict[str, Path] = field(default_factory=dict)  # variant -> eval_windows.csv
     transfer: Optional[Path] = None  # transfer.csv
+    logs: dict[str, Path] = field(default_factory=dict)  # variant -> models/<variant>/train_log.csv
 
 
 @dataclass
@@ -81,7 +84,10 @@ class Inputs:
 
 def _root(path: Path) -> str:
     text = str(path)
-    return text.split("/metrics/")[0] if "/metrics/" in text else str(path.parent)
+    for folder in ("/metrics/", "/models/"):
+        if folder in text:
+            return text.split(folder)[0]
+    return str(path.parent)
 
 
 def gather(paths: Sequence[Path]) -> Inputs:
@@ -99,6 +105,8 @@ def gather(paths: Sequence[Path]) -> Inputs:
             kind[path.name][path.parent.name] = path
         elif path.name == "transfer.csv":
             run.transfer = path
+        elif path.name == "train_log.csv":
+            run.logs[path.parent.name] = path
         elif path.name == "inversion.csv":
             inversion[path.parent.name] = path
         else:
@@ -167,6 +175,33 @@ def fluency(base: pd.DataFrame, variant: pd.DataFrame, stories: np.ndarray, stat
     diffs = (variant["forward_ce_sum"] / variant["forward_rows"] - base["forward_ce_sum"] / base["forward_rows"])
     return paired_mean(diffs.to_numpy(), stories[base["window"].to_numpy()],
                        "paired forward CE per window, variant - Baseline (nats)", stats, verdict_of="margin")
+
+
+def g_still_growing(log: pd.DataFrame, ratio: float) -> Optional[str]:
+    """Why g is still growing at the end of training, or None if its curves have flattened (or cannot tell).
+
+    From the validation rows of a train_log.csv: between the validation nearest the middle of training
+    and the last one, the mean g^2 / eps, or the gap between the inverse CE without and with g (what g
+    carries), grew by more than `ratio` (claims.growth_ratio).
+    """
+    val = log.dropna(subset=["val_g_sq_over_eps"]).sort_values("step")
+    if len(val) < 2:
+        return None
+    last = val.iloc[-1]
+    middle = val.iloc[int(np.argmin(np.abs(val["step"].to_numpy() - last["step"] / 2)))]
+    if middle["step"] == last["step"]:
+        return None
+    g_growth = last["val_g_sq_over_eps"] / middle["val_g_sq_over_eps"] if middle["val_g_sq_over_eps"] > 0 else np.inf
+    gap = lambda r: r["val_inv_ce_without_g"] - r["val_inv_ce"]  # noqa: E731
+    gap_growth = gap(last) / gap(middle) if gap(middle) > 0 else (np.inf if gap(last) > 0 else 0.0)
+    reasons = []
+    if g_growth > ratio:
+        reasons.append(f"g^2/eps x{g_growth:.3g}")
+    if gap_growth > ratio:
+        reasons.append(f"CE gap x{gap_growth:.3g}")
+    if not reasons:
+        return None
+    return f"g still growing from step {int(middle['step'])} to {int(last['step'])} ({', '.join(reasons)})"
 
 
 def recovery(variant: str, frame: pd.DataFrame, stories: np.ndarray, stats: StatisticsConfig) -> Optional[Result]:
@@ -345,6 +380,12 @@ def seed_results(run: Run, inputs: Inputs, config: Mapping, drop_nats: Optional[
                                for m, p in inputs.inversion.items() if m not in (BIGRAM,)}
     for claim in (FLUENCY, RECOVERY, TRANSFER, GROUNDING):
         _adjust(families[claim], claims)
+    for v, r in families[RECOVERY].items():
+        growing = g_still_growing(pd.read_csv(run.logs[v]), claims["growth_ratio"]) if v in run.logs else None
+        if growing is not None:
+            r.test += f"; {growing}"
+            if r.verdict != rb.SUPPORTED:
+                r.verdict = rb.UNDETERMINED
     for v, g in families[RESISTS].items():
         transfer_verdict = families[TRANSFER].get(v)
         uniform = families[UNIFORM].get(v)
