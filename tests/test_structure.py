@@ -104,5 +104,5 @@ def test_shared_machinery_sits_below_the_stages():
     graph = import_graph()
     assert not graph["ilm.shards"] - {"ilm.io"}
     assert not graph["ilm.config"] & {"ilm.attack", "ilm.studies", "ilm.invert", "ilm.gcg"}
-    assert "ilm.attack" not in graph["ilm.invert"] | graph["ilm.judged"]
+    assert "ilm.attack" not in graph["ilm.invert"] | graph["ilm.judge_runs"]
     assert "ilm.cli" not in graph["ilm.pilot.cli"]

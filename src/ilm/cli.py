@@ -101,7 +101,7 @@ def cmd_gcg_attack(args: argparse.Namespace) -> None:
 
 def cmd_gcg_summary(args: argparse.Namespace) -> None:
     from ilm.attack import read_sample_plan
-    from ilm.gcg_summary import summarise_shards
+    from ilm.gcg_merge import summarise_shards
 
     cfg = stage_config(args, "summarise_gcg")
     summarise_shards(
@@ -164,7 +164,7 @@ def cmd_fetch_judge(args: argparse.Namespace) -> None:
 
 
 def cmd_judge(args: argparse.Namespace) -> None:
-    from ilm.judged import offline, write_judged
+    from ilm.judge_runs import offline, write_judged
 
     offline()  # before transformers is imported
     quiet_transformers()
