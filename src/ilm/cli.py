@@ -192,7 +192,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_summarise_study(args: argparse.Namespace) -> None:
-    from ilm.study_summary import summarise
+    from ilm.tables.study import summarise
 
     summarise(args.manifest, args.table_stem, args.figure_stem, stage_config(args, "summarise_study"))
 
