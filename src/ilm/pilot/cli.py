@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from ilm.commands import add_config_args, quiet_transformers, stage_config
 
 
@@ -36,8 +35,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
     run.attack(stage_config(args, "attack_pilot"), args.variant, args.model, args.run, args.test, args.out)
 
 
-def add_commands(sub) -> None:
-    """Add `ilm pilot` and its steps to the `ilm` parser's subcommands (each step sets its own func)."""
+def add_pilot_commands(sub) -> None:
+    """Add `ilm pilot` and its steps to the `ilm` parser's subcommands, as ilm.cli's add_<stage>_commands do."""
 
     pilot = sub.add_parser("pilot", help="the PAG text-classification pilot (method-spec §6.7)")
     steps = pilot.add_subparsers(dest="step", required=True, metavar="<step>")
