@@ -28,7 +28,8 @@ from ilm.commands import add_config_args, quiet_progress_bars, quiet_transformer
 def cmd_make_corpus(args: argparse.Namespace) -> None:
     from ilm.corpus import write_corpus
 
-    write_corpus(args.out, n_stories=args.stories, seed=args.seed)
+    corpus = stage_config(args, "make_corpus")["corpus"]
+    write_corpus(args.out, n_stories=corpus["stories"], seed=corpus["seed"])
 
 
 def cmd_download_data(args: argparse.Namespace) -> None:
@@ -60,8 +61,7 @@ def add_data_commands(sub) -> None:
     """make-corpus, check-env, download-data, prepare-data."""
     p = sub.add_parser("make-corpus", help="write seeded synthetic children's stories (demo, tests)")
     p.add_argument("--out", type=Path, required=True, help="text file to write")
-    p.add_argument("--stories", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=1234)
+    add_config_args(p)  # corpus.stories, corpus.seed
     p.set_defaults(func=cmd_make_corpus)
 
     p = sub.add_parser("check-env", help="check that envs/ilm.yaml pins every pyproject.toml dependency in range")
