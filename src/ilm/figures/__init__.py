@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-FIGURES = ("token_entropy", "training_curves", "g_curves", "inverse_by_position", "gcg_success_rate")
+FIGURES = ("token_entropy", "training_curves", "g_curves", "inverse_by_position", "gcg_success_rate", "pag_fgsm_sweep")
 
 
 def figure_module(name: str) -> ModuleType:

@@ -10,5 +10,8 @@ Adversarial Robustness Toolbox. Modules:
 * `train`: the classifier, the four losses and training with selection on a validation split;
 * `attacks`: clean accuracy, APGD-CE, Square and FGSM through ART, each a rate with n and a
   Wilson interval, and the FGSM sweep;
-* `report`: the `pag_pilot` table and the `pag_fgsm_sweep` figure.
+* `run`: the steps as the rules call them (embed, train, attack), and `cli` their `ilm pilot` commands.
+
+Its table and figure are `ilm.tables.pag_pilot` and `ilm.figures.pag_fgsm_sweep`, made by
+`ilm table pag_pilot` and `ilm figure pag_fgsm_sweep` like every other table and figure.
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from ilm.commands import add_config_args, quiet_transformers, stage_config
 
 
@@ -36,20 +35,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
     run.attack(stage_config(args, "attack_pilot"), args.variant, args.model, args.run, args.test, args.out)
 
 
-def cmd_table(args: argparse.Namespace) -> None:
-    from ilm.pilot import run
-
-    run.table(args.inputs, args.out_stem, stage_config(args, "tabulate_pag_pilot"))
-
-
-def cmd_figure(args: argparse.Namespace) -> None:
-    from ilm.pilot import run
-
-    run.figure(args.inputs, args.out_stem, stage_config(args, "plot_pag_fgsm_sweep"))
-
-
-def add_commands(sub) -> None:
-    """Add `ilm pilot` and its steps to the `ilm` parser's subcommands (each step sets its own func)."""
+def add_pilot_commands(sub) -> None:
+    """Add `ilm pilot` and its steps to the `ilm` parser's subcommands, as ilm.cli's add_<stage>_commands do."""
 
     pilot = sub.add_parser("pilot", help="the PAG text-classification pilot (method-spec §6.7)")
     steps = pilot.add_subparsers(dest="step", required=True, metavar="<step>")
@@ -83,10 +70,3 @@ def add_commands(sub) -> None:
     p.add_argument("--out", type=Path, required=True)
     add_config_args(p)
     p.set_defaults(func=cmd_attack)
-    for step, what, func in (("table", "pag_pilot table (csv, md, tex)", cmd_table),
-                             ("figure", "pag_fgsm_sweep figure (pdf, png)", cmd_figure)):
-        p = steps.add_parser(step, help=what)
-        p.add_argument("--inputs", type=Path, nargs="+", required=True)
-        p.add_argument("--out-stem", type=Path, required=True)
-        add_config_args(p)
-        p.set_defaults(func=func)

@@ -1,6 +1,8 @@
 """The paper's tables, one module each, built from small result files only (no GPU).
 
 Table `<name>` is made by rule `tabulate_<name>`, command `ilm table <name>`, module `ilm.tables.<name>`.
+`ilm.tables.study` is the one apart: a study's table and figure from its manifest (rule summarise_study,
+command `ilm summarise-study`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ TABLES = (
     "gcg_naturalness",
     "claims",
     "gcg_robustness",
+    "pag_pilot",
 )
 
 

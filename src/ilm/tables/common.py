@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ilm.gcg_summary import ID_COLUMNS
+from ilm.gcg_merge import ID_COLUMNS
 from ilm.io import write_text
 
 _LATEX_SPECIALS = {

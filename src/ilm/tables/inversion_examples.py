@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 import pandas as pd
 
 from ilm.io import write_text
-from ilm.judged import INVERSION_TEXTS
+from ilm.judge_runs import INVERSION_TEXTS
 from ilm.judges import first_words, judges_named
 from ilm.tables.common import latex_escape, variant_of, write_html
 from ilm.tables.gcg_examples import _tex_text

@@ -25,7 +25,7 @@ import pandas as pd
 from ilm.io import model_fingerprint, write_text
 from ilm.stats import StatisticsConfig, wilson_interval
 
-log = logging.getLogger("ilm.gcg_summary")
+log = logging.getLogger("ilm.gcg_merge")
 
 ID_COLUMNS = ("prefix_ids", "target_ids", "attack_ids")
 

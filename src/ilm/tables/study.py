@@ -21,7 +21,7 @@ from ilm.stats import StatisticsConfig, level_label, wilson_interval
 from ilm.studies import format_value, read_manifest
 from ilm.tables.common import read_csvs, write_table
 
-log = logging.getLogger("ilm.study_summary")
+log = logging.getLogger("ilm.tables.study")
 
 
 def own_protocol(variant: str) -> str:

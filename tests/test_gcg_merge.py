@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ilm.config import validate_config
-from ilm.gcg_summary import summarise_shards
+from ilm.gcg_merge import summarise_shards
 
 STEPS = 4
 MODEL_SHA = "a" * 64
@@ -135,9 +135,9 @@ def test_merge_rejects_duplicates_and_wrong_lengths(tmp_path):
 )
 def test_merge_refuses_incomplete_or_mixed_shards(tmp_path, monkeypatch, case, message):
     """gcg-summary refuses a shard that lacks an assigned sample, holds one twice, or holds another model's record."""
-    import ilm.gcg_summary
+    import ilm.gcg_merge
 
-    monkeypatch.setattr(ilm.gcg_summary, "model_fingerprint", lambda model_dir: MODEL_SHA)
+    monkeypatch.setattr(ilm.gcg_merge, "model_fingerprint", lambda model_dir: MODEL_SHA)
     shards = write_shards(tmp_path / "gcg", RECORDS)
     plan = plan_of(RECORDS)  # shard0: samples 0, 2; shard1: samples 1, 3
     if case == "missing":

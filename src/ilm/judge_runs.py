@@ -26,7 +26,7 @@ from ilm.io import file_sha256, provenance, write_json, write_text
 from ilm.judges import first_words, judge_fingerprint, load_judges
 from ilm.shards import meta_path
 
-log = logging.getLogger("ilm.judged")
+log = logging.getLogger("ilm.judge_runs")
 
 INVERSION_TEXTS = ("prefix_text", "reconstruction_text", "suffix_text")
 ATTACK_TEXTS = ("prefix_text", "attack_text")
