@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -51,9 +52,12 @@ def test_the_point_equal_to_the_main_run_reuses_its_results():
         "results/metrics/identity/forward.json",
         "results/metrics/identity/inverse.json",
         "results/metrics/identity/gcg.csv",
+        "results/metrics/identity/eval_windows.csv",
         "results/studies/g/grad_scale_tokens=256/metrics/identity/forward.json",
         "results/studies/g/grad_scale_tokens=256/metrics/identity/inverse.json",
         "results/studies/g/grad_scale_tokens=256/metrics/identity/gcg.csv",
+        "results/studies/g/grad_scale_tokens=256/metrics/identity/eval_windows.csv",
+        "results/data/test_stories.npy",
     ]
 
 
@@ -99,7 +103,12 @@ def test_the_paper_config_declares_valid_studies_and_runs_none():
 def _metrics(root: Path, variant: str, top1: float, without_g: float, ce: float, successes: list[bool]) -> None:
     d = root / "metrics" / variant
     d.mkdir(parents=True)
-    (d / "forward.json").write_text(json.dumps({"ce": ce, "ce_low": ce - 0.5, "ce_high": ce + 0.25}))
+    (d / "forward.json").write_text(json.dumps({"ce": ce}))
+    # two stories of two windows, 0.5 nats below and above the mean: a story bootstrap gives ce -/+ 0.5
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    np.save(root / "data" / "test_stories.npy", np.array([0, 0, 1, 1]))
+    pd.DataFrame({"window": range(4), "forward_ce_sum": [10 * (ce - 0.5)] * 2 + [10 * (ce + 0.5)] * 2,
+                  "forward_rows": 10}).to_csv(d / "eval_windows.csv", index=False)
     protocol = {"base": "identity"}.get(variant, variant)
     (d / "inverse.json").write_text(json.dumps({protocol: {"top1": top1, "ce": 2.0, "rows": 9,
                                                            "without_g": {"top1": without_g, "ce": 3.0}}}))
@@ -123,7 +132,8 @@ def test_study_table_rows_follow_the_points_and_hold_the_metrics(tmp_path, monke
     assert written["Without g (%)"].tolist() == pytest.approx([25.0, 25.0])
     assert written["g adds (pts)"].tolist() == pytest.approx([0.0, 50.0])
     assert written["Forward CE"].tolist() == pytest.approx([4.0, 4.5])
-    assert written["CE 95% low"].tolist() == pytest.approx([3.5, 4.0])
+    assert written["CE 95% low"].tolist() == pytest.approx([3.5, 4.0])  # stories resampled
+    assert written["CE 95% high"].tolist() == pytest.approx([4.5, 5.0])
     assert written["GCG n"].tolist() == [10, 3]
     assert written["GCG success (%)"].tolist() == pytest.approx([80.0, 100.0])
     assert written["Success 95% low"][0] == pytest.approx(49.02, abs=0.01)

@@ -185,18 +185,20 @@ def manifest(config: Mapping, name: str, results: str = "results") -> dict:
                         "forward": f"{root}/metrics/{variant}/forward.json",
                         "inverse": f"{root}/metrics/{variant}/inverse.json",
                         "gcg": f"{root}/metrics/{variant}/gcg.csv",
+                        "windows": f"{root}/metrics/{variant}/eval_windows.csv",
                     }
                     for variant in s.variants
                 },
             }
         )
     return {"study": name, "description": s.description, "variants": list(s.variants),
-            "settings": s.settings, "points": points}
+            "settings": s.settings, "points": points, "stories": f"{results}/data/test_stories.npy"}
 
 
 def manifest_files(m: Mapping) -> list[str]:
-    """Every metric file a manifest names, in order."""
-    return [path for point in m["points"] for files in point["files"].values() for path in files.values()]
+    """Every file a manifest names, in order: each point's metric files, then the test windows' stories."""
+    files = [path for point in m["points"] for files in point["files"].values() for path in files.values()]
+    return [*files, m["stories"]]
 
 
 def read_manifest(path: Path | str) -> dict:

@@ -19,7 +19,7 @@ from ilm.io import atomic_path
 from ilm.names import parse_variant, variant_name
 from ilm.stats import StatisticsConfig, level_label, wilson_interval
 from ilm.studies import format_value, read_manifest
-from ilm.tables.common import read_csvs, write_table
+from ilm.tables.common import read_csvs, story_interval, write_table
 
 log = logging.getLogger("ilm.tables.study")
 
@@ -36,9 +36,11 @@ def _read_json(path: str, what: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def build(manifest: Mapping, confidence: float) -> pd.DataFrame:
+def build(manifest: Mapping, config: Mapping) -> pd.DataFrame:
     """One row per (point, variant), in grid order: the swept values, then the point's results."""
+    confidence = StatisticsConfig.from_dict(config["statistics"]).confidence
     level = level_label(confidence)
+    stories = np.load(manifest["stories"])
     rows = []
     for point in manifest["points"]:
         for variant in manifest["variants"]:
@@ -49,6 +51,8 @@ def build(manifest: Mapping, confidence: float) -> pd.DataFrame:
             if "without_g" not in inverse.get(protocol, {}):
                 raise ValueError(f"{files['inverse']} lacks the accuracy without g; rerun `ilm evaluate` for it")
             gcg = read_csvs([Path(files["gcg"])], "per-sample GCG file")
+            windows = pd.read_csv(files["windows"]).sort_values("window")
+            ce_low, ce_high = story_interval(windows["forward_ce_sum"], windows["forward_rows"], windows, stories, config)
             successes, n = int(gcg["success"].astype(bool).sum()), len(gcg)
             low, high = wilson_interval(successes, n, confidence)
             row = {key.split(".", 1)[1]: format_value(point["overrides"][key]) for key in manifest["settings"]}
@@ -61,8 +65,8 @@ def build(manifest: Mapping, confidence: float) -> pd.DataFrame:
                     "g adds (pts)": 100.0 * (inverse[protocol]["top1"] - inverse[protocol]["without_g"]["top1"]),
                     "Inverse CE": inverse[protocol]["ce"],
                     "Forward CE": forward["ce"],
-                    f"CE {level} low": forward.get("ce_low", np.nan),
-                    f"CE {level} high": forward.get("ce_high", np.nan),
+                    f"CE {level} low": ce_low,
+                    f"CE {level} high": ce_high,
                     "GCG n": n,
                     "GCG success (%)": 100.0 * successes / n if n else np.nan,
                     f"Success {level} low": 100.0 * low,
@@ -81,7 +85,7 @@ def _caption(manifest: Mapping, table: pd.DataFrame, level: str) -> str:
     return (
         f"Study {manifest['study']}: {swept}.{what} Inverse top-1 accuracy under each variant's own protocol "
         "(the Baseline under Identity's) with g and without g (v = x, or 0 for the gradient-only variants); "
-        f"forward test CE with its {level} bootstrap interval over test windows; GCG success at the final "
+        f"forward test CE with its {level} bootstrap interval (stories resampled); GCG success at the final "
         f"budget (the point's gcg.steps) with its {level} Wilson interval, on {', '.join(map(str, n))} "
         "samples per point. Every other setting is the main run's; a point equal to it reuses results/."
     )
@@ -133,7 +137,7 @@ def summarise(manifest_path: Path, table_stem: Path, figure_stem: Path, config: 
     manifest = read_manifest(manifest_path)
     confidence = StatisticsConfig.from_dict(config["statistics"]).confidence
     level = level_label(confidence)
-    table = build(manifest, confidence)
+    table = build(manifest, config)
     write_table(table, table_stem, digits=3, caption=_caption(manifest, table, level),
                 label=f"tab:study-{manifest['study']}")
     draw(table, manifest, figure_stem, level)
