@@ -242,21 +242,19 @@ class Suite:
     def evaluate(self) -> dict:
         from ilm.evaluate import forward_metrics, inverse_metrics
         from ilm.names import PROTOCOLS
-        from ilm.stats import StatisticsConfig
 
         s = self.sizes
         ev = self.config["evaluate"]
-        stats = StatisticsConfig.from_section(self.config["statistics"])
         batch = s["eval_batch"] or ev["batch_size"]
         seq_len = s["seq_len"] or self.config["data"]["window"]
         model = self._model().eval()  # ilm.model.load_model's mode: eager attention, eval
         rng = np.random.default_rng(self.seed)
         windows = rng.integers(0, self.config["model"]["vocab_size"], (s["eval_windows"], seq_len)).astype(np.uint16)
         ks = sorted(set(ev["top_k"]))
-        passes = {"forward": lambda w: forward_metrics(model, w, batch, ks, self.device, stats)}
+        passes = {"forward": lambda w: forward_metrics(model, w, batch, ks, self.device)}
         for protocol in PROTOCOLS:
             passes[protocol] = lambda w, p=protocol: inverse_metrics(
-                model, w, p, False, self.objective, batch, ks, ev["seed"], self.device, stats)
+                model, w, p, False, self.objective, batch, ks, ev["seed"], self.device)
         for fn in passes.values():  # warm-up on one batch
             fn(windows[:batch])
         seconds = {}
