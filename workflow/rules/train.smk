@@ -7,6 +7,8 @@ rule train_model:
         model=model_files(),
     log:
         "logs/train/{variant}.log",
+    # Trainings go first: one queued behind another variant's attacks delays everything after it.
+    priority: 20
     conda:
         CONDA_ENV
     threads: 4
