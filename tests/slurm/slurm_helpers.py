@@ -20,12 +20,24 @@ PROFILE_ARGS = ("--profile", str(REPO / "profiles" / "slurm"), "--profile", str(
 # are schedulable; 4 CPUs and 4 fake GPUs let 4 one-thread jobs run at once. Nothing is enforced.
 NODE = {"ILM_SLURM_NODE_CPUS": "4", "ILM_SLURM_NODE_MEM_MB": "262144", "ILM_SLURM_FAKE_GPUS": "4"}
 # Rules whose `resources:` ask for a GPU (gpu=1), read from the rule files.
-GPU_RULES = {
-    block.split(":", 1)[0].strip()
-    for smk in (REPO / "workflow" / "rules").glob("*.smk")
-    for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]
-    if re.search(r"^\s+gpu=1,", block, flags=re.M)
-}
+def _gpu_rules() -> set[str]:
+    """Rules whose resources ask for a GPU: `rule X:` blocks with gpu=1, and every `use rule X as Y` of one."""
+    texts = [smk.read_text() for smk in (REPO / "workflow" / "rules").glob("*.smk")]
+    rules = {
+        block.split(":", 1)[0].strip()
+        for text in texts
+        for block in re.split(r"^rule ", text, flags=re.M)[1:]
+        if re.search(r"^\s+gpu=1,", block, flags=re.M)
+    }
+    derived = [m.groups() for text in texts for m in re.finditer(r"^use rule (\w+) as (\w+)", text, flags=re.M)]
+    while True:  # a derived rule may itself be derived from (attack_gcg_shard -> attack_uniform_shard -> study_...)
+        more = {new for old, new in derived if old in rules} - rules
+        if not more:
+            return rules
+        rules |= more
+
+
+GPU_RULES = _gpu_rules()
 # Rules the Snakefile declares `localrules`: they run beside Snakemake, never through sbatch.
 LOCAL_RULES = set(
     re.search(r"^localrules:\n((?:    \w+,\n)+)", SNAKEFILE.read_text(), flags=re.M).group(1).replace(",", "").split()
