@@ -48,7 +48,8 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     """The demo profile plans the offline corpus and the same stages."""
     proc = run_snakemake(tmp_path, "-n", "--profile", "profiles/demo", configfiles=())
     counts = _job_counts(proc.stdout)
-    assert counts["make_corpus"] == 1 and counts["train_model"] == 4 and counts["attack_gcg_shard"] == 4 * 2
+    assert counts["make_corpus"] == 1 and counts["train_model"] == 4 and counts["attack_gcg_shard"] == 4  # 1 shard
+    assert counts["attack_uniform_shard"] == 4 and counts["transfer_gcg"] == 1 and counts["tabulate_claims"] == 1
     assert "download_data" not in counts
     # offline judges: the packaged MiniLM unpacked, the Baseline model as perplexity judge (nothing to fetch)
     assert counts["fetch_judges"] == 1 and "resources/judges/packaged__all-MiniLM-L6-v2" in proc.stdout

@@ -88,7 +88,8 @@ def test_whole_workflow_runs_through_sbatch_with_gpus_only_for_gpu_rules(slurm_c
     stats = _job_stats(log)
     # the main run's local rules (downloads and studies are not in the smoke run's DAG)
     assert LOCAL_RULES - {"download_data", "download_pilot_data", "studies", "study_select_gcg_samples",
-                          "study_summarise_gcg", "summarise_study"} <= set(stats)
+                          "study_summarise_gcg", "study_summarise_uniform", "summarise_study",
+                          "tabulate_seed_claims"} <= set(stats)
     planned = {rule: n for rule, n in stats.items() if rule not in LOCAL_RULES}  # local rules never reach sbatch
     jobs = slurm_cluster.jobs(work)
     assert not {job.rule for job in jobs} & LOCAL_RULES
