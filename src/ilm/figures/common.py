@@ -41,3 +41,18 @@ def save(fig, out_stem: Path | str) -> None:
     for suffix in ("pdf", "png"):
         with atomic_path(out_stem.with_suffix(f".{suffix}")) as tmp:
             fig.savefig(tmp, format=suffix, dpi=DPI)
+
+
+def read_train_log(path: Path | str, columns) -> "pd.DataFrame":  # noqa: F821
+    """The `columns` of one results/models/{variant}/train_log.csv as numbers (empty cells NaN); clear errors for a
+    missing log or one written before a column existed."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"training log {path} does not exist; train that variant first (`ilm train`)")
+    log = pd.read_csv(path)
+    missing = [c for c in columns if c not in log.columns]
+    if missing:
+        raise ValueError(f"training log {path} lacks column(s) {missing}; retrain with this version of `ilm train`")
+    return log[list(columns)].apply(pd.to_numeric, errors="coerce")

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ilm.figures.common import line_style, palette, paper_style, save
+from ilm.figures.common import line_style, palette, paper_style, read_train_log, save
 from ilm.names import order_variants, variant_name
 
 COLUMNS = ("step", "val_inv_ce", "val_inv_ce_without_g", "val_g_sq_over_eps")
@@ -25,13 +25,7 @@ def series(log_csvs: Sequence[Path]) -> pd.DataFrame:
     """Columns variant, step and COLUMNS at the validation points of every variant that has g, paper order."""
     frames = {}
     for path in map(Path, log_csvs):
-        if not path.is_file():
-            raise ValueError(f"training log {path} does not exist; train that variant first (`ilm train`)")
-        log = pd.read_csv(path)
-        missing = [c for c in COLUMNS if c not in log.columns]
-        if missing:
-            raise ValueError(f"training log {path} lacks column(s) {missing}; retrain with this version of `ilm train`")
-        frame = log[list(COLUMNS)].apply(pd.to_numeric, errors="coerce").dropna(subset=["val_g_sq_over_eps"])
+        frame = read_train_log(path, COLUMNS).dropna(subset=["val_g_sq_over_eps"])
         if len(frame):
             frames[path.parent.name] = frame.sort_values("step").assign(variant=path.parent.name)
     if not frames:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from ilm.figures.common import line_style, palette, paper_style, save
+from ilm.figures.common import line_style, palette, paper_style, read_train_log, save
 from ilm.names import order_variants, variant_name
 
 COLUMNS = ("step", "ce", "val_ce", "inv_ce")
@@ -21,17 +21,10 @@ COLUMNS = ("step", "ce", "val_ce", "inv_ce")
 def series(log_csvs: Sequence[Path]) -> pd.DataFrame:
     """The plotted data: columns variant, step, ce, val_ce, inv_ce (NaN where not logged), paper order, by step."""
     frames: dict[str, pd.DataFrame] = {}
-    for path in log_csvs:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"training log {path} does not exist; train that variant first (`ilm train`)")
-        log = pd.read_csv(path)
-        missing = [c for c in COLUMNS if c not in log.columns]
-        if missing:
-            raise ValueError(f"training log {path} lacks column(s) {missing}; retrain with this version of `ilm train`")
-        if log.empty:
+    for path in map(Path, log_csvs):
+        frame = read_train_log(path, COLUMNS)
+        if frame.empty:
             raise ValueError(f"training log {path} has no rows; retrain that variant")
-        frame = log[list(COLUMNS)].apply(pd.to_numeric, errors="coerce")
         variant = path.parent.name  # results/models/{variant}/train_log.csv
         frame.insert(0, "variant", variant)
         frames[variant] = frame.sort_values("step")
