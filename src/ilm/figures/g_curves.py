@@ -48,7 +48,8 @@ def draw(log_csvs: Sequence[Path], out_stem: Path, config: Mapping):
             g = data[data["variant"] == variant]
             style = line_style(i, colours)
             name = variant_name(variant)
-            ce_ax.plot(g["step"], g["val_inv_ce"], color=style["color"], marker=style["marker"], label=f"{name}, with g")
+            ce_ax.plot(g["step"], g["val_inv_ce"], color=style["color"], marker=style["marker"],
+                       label=f"{name}, with g")
             ce_ax.plot(g["step"], g["val_inv_ce_without_g"], color=style["color"], linestyle=":",
                        label=f"{name}, without g")
             g_ax.plot(g["step"], g["val_g_sq_over_eps"], color=style["color"], marker=style["marker"], label=name)

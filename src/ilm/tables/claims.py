@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from ilm import robustness as rb
+from ilm.figures.common import read_train_log
+from ilm.figures.g_curves import COLUMNS as G_CURVES
 from ilm.names import BIGRAM, order_variants, parse_variant, variant_name
 from ilm.stats import StatisticsConfig, bootstrap_interval, level_label, mcnemar_exact
 from ilm.tables.common import write_table
@@ -110,7 +112,9 @@ def gather(paths: Sequence[Path]) -> Inputs:
         elif path.name == "inversion.csv":
             inversion[path.parent.name] = path
         else:
-            raise ValueError(f"table claims does not read {path}; pass curves, eval windows, transfer and inversion files")
+            raise ValueError(
+                f"table claims does not read {path}; pass curves, eval windows, transfer, training logs and inversion files"
+            )
     if stories is None:
         raise ValueError("table claims needs test_stories.npy (results/data) to resample stories")
     return Inputs([r for r in runs.values() if r.curves], stories, inversion)
@@ -381,7 +385,8 @@ def seed_results(run: Run, inputs: Inputs, config: Mapping, drop_nats: Optional[
     for claim in (FLUENCY, RECOVERY, TRANSFER, GROUNDING):
         _adjust(families[claim], claims)
     for v, r in families[RECOVERY].items():
-        growing = g_still_growing(pd.read_csv(run.logs[v]), claims["growth_ratio"]) if v in run.logs else None
+        log = read_train_log(run.logs[v], G_CURVES) if v in run.logs else None
+        growing = g_still_growing(log, claims["growth_ratio"]) if log is not None else None
         if growing is not None:
             r.test += f"; {growing}"
             if r.verdict != rb.SUPPORTED:
