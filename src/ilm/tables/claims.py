@@ -113,7 +113,8 @@ def gather(paths: Sequence[Path]) -> Inputs:
             inversion[path.parent.name] = path
         else:
             raise ValueError(
-                f"table claims does not read {path}; pass curves, eval windows, transfer, training logs and inversion files"
+                f"table claims does not read {path}; "
+                "pass curves, eval windows, transfer, training logs and inversion files"
             )
     if stories is None:
         raise ValueError("table claims needs test_stories.npy (results/data) to resample stories")
