@@ -233,7 +233,8 @@ class Suite:
         P, L = gcfg.prefix_length, gcfg.target_length
         samples = min(8, len(data))
         try:
-            check_no_sync(attack_model, data[:, :P].to(self.device), data[:, P : P + L].to(self.device),
+            # host tensors, as `ilm gcg-attack` passes them: ilm.gcg.run moves them to the model's device
+            check_no_sync(attack_model, data[:, :P], data[:, P : P + L],
                           GCGConfig(**{**gcfg.__dict__, "steps": 2}), samples)
         except RuntimeError as e:
             return f"no: {str(e).splitlines()[0]}"
@@ -408,11 +409,13 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
 def projections(config: Mapping, parts: Mapping, train_windows: int, test_windows: int) -> dict:
     """project_gpu_hours for each training precision, from the parts' measured rates (which S and rates used)."""
-    needed = ("train_step", "gcg", "evaluate", "inversion")
+    needed = ("train_step", "evaluate", "inversion")
     missing = [p for p in needed if parts.get(p, {}).get("status") != "ok"]
+    gcg_parts = [parts[p] for p in ("gcg", "gcg_compiled") if parts.get(p, {}).get("status") == "ok"]
+    if not gcg_parts:
+        missing.append("gcg or gcg_compiled")
     if missing:
         raise ValueError(f"no projection: the part(s) {', '.join(missing)} did not finish")
-    gcg_parts = [parts[p] for p in ("gcg", "gcg_compiled") if parts.get(p, {}).get("status") == "ok"]
     gcg_s, gcg_rate, gcg_compiled = max(
         ((*_at_samples(p["rows"], config["gcg"]["batch_samples"], "sample_steps_per_second"), p["compile"])
          for p in gcg_parts),
