@@ -21,6 +21,7 @@ from gpu_suite import (  # noqa: E402
     FULL,
     QUICK,
     PartOverrun,
+    projections,
     run_part,
     split_sizes,
     time_budget,
@@ -192,6 +193,23 @@ def test_quick_suite_projection_is_the_recorded_rates_arithmetic(quick_suite: Pa
         assert projected["stages"]["gcg"] == pytest.approx(2 * 4 * 42_000 * 500 / gcg_rate / 3600)  # + uniform control
         assert projected["stages"]["inversion"] == pytest.approx(5 * 140_000 / inv_rate / 3600)  # the whole test split
         assert projected["stages"]["evaluate"] == pytest.approx(4 * 140_000 / eval_rate / 3600)
+
+
+def test_projection_uses_whichever_gcg_part_finished(quick_suite: Path):
+    """On the H200 the uncompiled GCG part failed and the compiled one ran: the projection takes the compiled
+    rate; with neither, it says which parts it lacks."""
+    result = json.loads((quick_suite / "suite.json").read_text())
+    config = load_config(REPO / "config.yaml")
+    parts = dict(result["parts"])
+    compiled = {**parts["gcg"], "compile": True,
+                "rows": [{**r, "sample_steps_per_second": 7.0} for r in parts["gcg"]["rows"]]}
+    parts.update(gcg={"status": "failed", "error": "TypeError"}, gcg_compiled=compiled)
+    proj = projections(config, parts, 1_100_000, 140_000)
+    assert proj["rates"]["gcg_compiled"] is True and proj["rates"]["gcg_sample_steps_per_second"] == 7.0
+    assert proj["by_precision"]["fp32_tf32"]["stages"]["gcg"] == pytest.approx(2 * 4 * 42_000 * 500 / 7.0 / 3600)
+    del parts["gcg_compiled"]
+    with pytest.raises(ValueError, match=r"the part\(s\) gcg or gcg_compiled did not finish"):
+        projections(config, parts, 1_100_000, 140_000)
 
 
 def test_quick_suite_markdown(quick_suite: Path):
