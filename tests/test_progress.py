@@ -204,3 +204,39 @@ def test_stage_logs_progress_lines_and_no_carriage_returns(
     done, total = LINE.match(progress[-1]).group("done", "total")
     assert done == total and progress[-1].endswith("ETA 0:00:00")
     assert np.all(np.diff([int(LINE.match(line)["done"]) for line in progress]) >= 0)
+
+
+def test_ilm_progress_prints_the_last_progress_line_of_each_running_job(tmp_path, capsys):
+    """`ilm progress`: one line per log written within --max-age, its newest progress line (or, before the first,
+    its last line), oldest write first; logs of finished jobs (older) are left out; a missing folder is an error."""
+    from ilm.cli import main
+    from ilm.progress import latest_lines
+
+    logs = tmp_path / "logs"
+    (logs / "train").mkdir(parents=True)
+    (logs / "gcg").mkdir()
+    now = 1_000_000.0
+    files = {
+        "train/identity.log": (["12:00:00 ilm.train INFO | training identity: 606,848 parameters",
+                                "12:00:31 ilm.train INFO | train identity | step 011/510 (2.2%) | ETA 0:23:23",
+                                "12:00:40 ilm.train INFO | step 00020/00510 | loss 7.89 | val 7.79",
+                                "12:01:02 ilm.train INFO | train identity | step 023/510 (4.5%) | ETA 0:22:24"], 20),
+        "gcg/base/shard0.log": (["12:01:05 ilm.attack INFO | base shard 0: 64 samples, 0 done"], 5),
+        "train/base.log": (["11:50:00 ilm.train INFO | train base | step 051/051 (100.0%) | ETA 0:00:00"], 900),
+    }
+    for name, (lines, age) in files.items():
+        path = logs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        os.utime(path, (now - age, now - age))
+    rows = latest_lines(logs, now, max_age_s=300)
+    assert [(os.path.relpath(p, logs), round(age)) for p, age, _ in rows] == [("train/identity.log", 20),
+                                                                             ("gcg/base/shard0.log", 5)]
+    assert rows[0][2] == "train identity | step 023/510 (4.5%) | ETA 0:22:24"
+    assert rows[1][2] == "base shard 0: 64 samples, 0 done"
+    assert main(["progress", "--logs", str(logs), "--max-age", "1e10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"3 log(s) written in the last 10000000000 s under {logs}") and len(out) == 4
+    assert out[1].startswith(f"  {logs / 'train/base.log'} (") and out[1].endswith("): train base | step 051/051 (100.0%) | ETA 0:00:00")
+    assert main(["progress", "--logs", str(tmp_path / "none")]) == 2
+    assert "is not a folder" in capsys.readouterr().err

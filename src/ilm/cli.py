@@ -385,6 +385,27 @@ def add_report_commands(sub) -> None:
     p.set_defaults(func=cmd_summarise_study)
 
 
+def cmd_progress(args: argparse.Namespace) -> None:
+    from ilm.progress import print_progress
+
+    if not args.logs.is_dir():
+        raise ValueError(f"{args.logs} is not a folder; run from the repository root, where Snakemake writes logs/")
+    try:
+        print_progress(args.logs, args.max_age, args.every)
+    except KeyboardInterrupt:
+        pass
+
+
+def add_progress_commands(sub) -> None:
+    """progress."""
+    p = sub.add_parser("progress", help="the latest progress line (done/total, rate, ETA) of every running job's log")
+    p.add_argument("--logs", type=Path, default=Path("logs"), help="the workflow's log folder")
+    p.add_argument("--max-age", type=float, default=300.0,
+                   help="seconds: logs written longer ago than this are of finished jobs and not shown")
+    p.add_argument("--every", type=float, default=0.0, help="seconds between prints until Ctrl-C (0: print once)")
+    p.set_defaults(func=cmd_progress)
+
+
 # --- the parser -------------------------------------------------------------------------------
 
 
@@ -397,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     for add_commands in (add_data_commands, add_model_commands, add_gcg_commands, add_inversion_commands,
-                         add_judge_commands, add_report_commands, add_pilot_commands):
+                         add_judge_commands, add_report_commands, add_pilot_commands, add_progress_commands):
         add_commands(sub)
     return parser
 

@@ -112,3 +112,45 @@ class Progress:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:  # a failing stage has its traceback to say where it stopped
             self.close()
+
+
+# --- reading the lines back: `ilm progress` ----------------------------------------------------------------
+
+# A Progress line as the `ilm` logging format writes it: "<time> <logger> INFO | <Progress.line()>".
+_LINE_MARK = " | ETA "
+
+
+def latest_lines(log_dir, now: float, max_age_s: float) -> list[tuple[str, float, str]]:
+    """(log path, seconds since it was written, its last progress line) of every log under `log_dir` written in
+    the last `max_age_s` seconds, oldest write first: the jobs running now. A log with no progress line yet
+    shows its last line. Snakemake prints nothing while a job runs; this is what `ilm progress` prints."""
+    from pathlib import Path
+
+    rows = []
+    for path in Path(log_dir).rglob("*.log"):
+        age = now - path.stat().st_mtime
+        if age > max_age_s:
+            continue
+        lines = [line.rstrip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        if not lines:
+            continue
+        progress = [line for line in lines if _LINE_MARK in line]
+        last = progress[-1] if progress else lines[-1]
+        rows.append((str(path), age, last.split(" INFO | ", 1)[-1]))
+    return sorted(rows, key=lambda row: -row[1])
+
+
+def print_progress(log_dir, max_age_s: float, every_s: float, out=None) -> None:
+    """Print latest_lines once, or every `every_s` seconds until interrupted (Ctrl-C)."""
+    import sys
+
+    out = out or sys.stdout
+    while True:
+        rows = latest_lines(log_dir, time.time(), max_age_s)
+        print(time.strftime("%H:%M:%S"), f"{len(rows)} log(s) written in the last {max_age_s:.0f} s under {log_dir}",
+              file=out, flush=True)
+        for path, age, line in rows:
+            print(f"  {path} ({age:.0f} s ago): {line}", file=out, flush=True)
+        if every_s <= 0:
+            return
+        time.sleep(every_s)
