@@ -56,6 +56,25 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     assert counts["judge_inversion"] == counts["judge_attacks"] == 1
 
 
+def test_long_profile_is_the_demo_trained_ten_times_longer(tmp_path):
+    """profiles/long plans the demo's stages on the demo's corpus and model, with 10 epochs of training, every test
+    window evaluated and 16 inversions (the slices its jobs would read, as Snakemake resolved the two config files)."""
+    proc = run_snakemake(tmp_path, "-n", "-p", "--profile", "profiles/long", configfiles=())
+    demo = _job_counts(run_snakemake(tmp_path / "demo", "-n", "--profile", "profiles/demo", configfiles=()).stdout)
+    assert _job_counts(proc.stdout) == demo
+
+    def slice_of(rule: str) -> dict:
+        path = re.search(rf"\.snakemake/ilm/config/{rule}-[0-9a-f]+\.json", proc.stdout).group(0)
+        return json.loads((tmp_path / path).read_text())
+
+    train = slice_of("train_model")
+    assert (train["train"]["epochs"], train["train"]["warmup_steps"], train["train"]["val_every"]) == (10, 20, 20)
+    assert train["train"]["batch_size"] == 32 and train["model"]["hidden_size"] == 128  # the demo's
+    assert slice_of("make_corpus")["corpus"]["stories"] == 1500
+    assert slice_of("evaluate_model")["evaluate"]["max_sequences"] is None
+    assert slice_of("invert_shard")["invert"]["count"] == 16
+
+
 def test_fetch_judges_failure_reaches_the_terminal_as_one_line(tmp_path):
     """A Hub judge that cannot be fetched (here: Hub offline) stops fetch_judges with the HF_TOKEN line on stderr."""
     target = "resources/judges/meta-llama__Llama-3.2-1B"
