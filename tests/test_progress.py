@@ -240,3 +240,32 @@ def test_ilm_progress_prints_the_last_progress_line_of_each_running_job(tmp_path
     assert out[1].startswith(f"  {logs / 'train/base.log'} (") and out[1].endswith("): train base | step 051/051 (100.0%) | ETA 0:00:00")
     assert main(["progress", "--logs", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_ilm_log_keeps_the_whole_output_in_the_file_and_shows_progress_on_the_terminal(tmp_path):
+    """`ilm --log FILE train ...` (how rules call long stages): the file holds every line the job writes (the
+    logging, and output written straight to the file descriptors); the terminal gets the progress lines alone."""
+    import json
+    import subprocess
+
+    data = write_splits(tmp_path / "data")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_config()))
+    log = tmp_path / "logs" / "train" / "base.log"
+    code = ("import os, sys; os.write(2, b'from C\\n'); print('from Python'); "
+            "from ilm.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--log", str(log), "--threads", "1", "train", "--data-dir", str(data),
+         "--variant", "base", "--out", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=600,
+    )
+    # the two writes before main() reach the terminal: the redirection starts when `ilm` parses --log
+    assert proc.returncode == 0, proc.stderr
+    terminal = [line for line in proc.stderr.splitlines() if line != "from C"]
+    assert terminal and all(LINE.match(line.split(" ", 1)[1]) for line in terminal), proc.stderr
+    assert proc.stdout == "from Python\n"
+    text = log.read_text()
+    assert "ilm.train INFO | training base" in text  # an ordinary log line: the file only
+    assert terminal[-1].split(" ", 1)[1] in text  # the last progress line: both
+    assert not any(line.split(" ", 1)[1] in proc.stderr for line in text.splitlines() if "training base" in line)

@@ -416,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilm", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--log", type=Path, default=None,
+                        help="write all output to this file; progress lines (with ETA) also go to the terminal")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
     for add_commands in (add_data_commands, add_model_commands, add_gcg_commands, add_inversion_commands,
                          add_judge_commands, add_report_commands, add_pilot_commands, add_progress_commands):
@@ -425,11 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    terminal = None
+    if args.log is not None:
+        from ilm.progress import log_to_file
+
+        terminal = log_to_file(args.log)  # before any output, so the log holds all of it
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s | %(message)s",
         datefmt="%H:%M:%S",
     )
+    if terminal is not None:
+        logging.getLogger().addHandler(terminal)
     quiet_progress_bars()
     if args.threads is not None:
         import torch
@@ -441,6 +450,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Bad user input: one clear message, no traceback (STYLE 7).
         logger.error("%s", e)
         print(f"ilm {args.command}: error: {e}", file=sys.stderr)
+        if terminal is not None:  # under --log, the one line reaches the terminal too
+            print(f"ilm {args.command}: error: {e}", file=terminal.stream, flush=True)
         return 2
     return status or 0
 

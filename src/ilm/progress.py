@@ -14,6 +14,8 @@ from typing import Callable, Mapping, Optional, Union
 
 # Logging cadence only, never a setting of any stage: changing it must rerun nothing.
 PROGRESS_EVERY_S = 30.0
+# The attribute a progress line's log record carries: `ilm --log` sends these records to the terminal too.
+PROGRESS_RECORD = "ilm_progress"
 
 Field = Union[str, int, float]
 
@@ -98,7 +100,7 @@ class Progress:
 
     def emit(self) -> None:
         """Log the line now and restart the interval."""
-        self.log.info("%s", self.line())
+        self.log.info("%s", self.line(), extra={PROGRESS_RECORD: True})
         self._last, self._logged_done = self.clock(), self.done
 
     def close(self) -> None:
@@ -154,3 +156,32 @@ def print_progress(log_dir, max_age_s: float, every_s: float, out=None) -> None:
         if every_s <= 0:
             return
         time.sleep(every_s)
+
+
+# --- `ilm --log FILE`: everything to the job's log, progress lines to the terminal too --------------------------
+
+
+def log_to_file(path) -> "logging.Handler":
+    """Send this process's whole output (file descriptors 1 and 2: Python's, torch's and C libraries' alike) to
+    `path`, and return a logging handler that writes progress lines to the stderr the process started with.
+
+    A rule's `ilm --log {log} ...` keeps its full log in the file, as `> {log} 2>&1` did, while the terminal
+    that runs Snakemake shows each long job's progress line (every PROGRESS_EVERY_S seconds).
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    handler = logging.StreamHandler(terminal)
+    handler.addFilter(lambda record: getattr(record, PROGRESS_RECORD, False))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    return handler

@@ -14,7 +14,7 @@ rule select_gcg_samples:
         config=config_file("select_gcg_samples"),
         runtime=runtime_file,
     shell:
-        "ilm gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} gcg-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {params.runtime}"
 
 
 rule attack_gcg_shard:
@@ -40,8 +40,8 @@ rule attack_gcg_shard:
         config=config_file("attack_gcg_shard"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} gcg-attack --model {params.model_dir} --data-dir {params.data_dir} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} --threads {threads} gcg-attack --model {params.model_dir} --data-dir {params.data_dir} --shard {wildcards.shard}"
+        " --out {output.shard} --config {params.config} --runtime {params.runtime}"
 
 
 rule summarise_gcg:
@@ -65,10 +65,10 @@ rule summarise_gcg:
         config=config_file("summarise_gcg"),
         runtime=runtime_file,
     shell:
-        "ilm gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
+        "ilm --log {log} gcg-summary --shards {input.shards} --plan {input.plan} --model {params.model_dir}"
         " --variant {wildcards.variant} --per-sample-out {output.per_sample} --sweep-out {output.sweep}"
         " --curves-out {output.curves}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime}"
 
 
 # The gradient-free control (docs/method.md §4.2): the same search, width, steps and windows with candidates
@@ -125,5 +125,5 @@ rule transfer_gcg:
         config=config_file("transfer_gcg"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} gcg-transfer --variants {params.variants} --models {params.model_dirs}"
-        " --attacks {input.attacks} --out {output.table} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} --threads {threads} gcg-transfer --variants {params.variants} --models {params.model_dirs}"
+        " --attacks {input.attacks} --out {output.table} --config {params.config} --runtime {params.runtime}"

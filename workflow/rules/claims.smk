@@ -34,7 +34,7 @@ rule tabulate_claims:
         config=config_file("tabulate_claims"),
         runtime=runtime_file,
     shell:
-        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_gcg_robustness:
@@ -78,7 +78,7 @@ rule tabulate_gcg_robustness:
         config=config_file("tabulate_gcg_robustness"),
         runtime=runtime_file,
     shell:
-        "ilm table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table gcg_robustness --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule plot_g_curves:
@@ -99,7 +99,7 @@ rule plot_g_curves:
     params:
         stem=output_stem,
     shell:
-        "ilm figure g_curves --inputs {input.logs} --out-stem {params.stem} > {log} 2>&1"
+        "ilm --log {log} figure g_curves --inputs {input.logs} --out-stem {params.stem}"
 
 
 # --- the seed study: the same attacks per replicate, and one claims table over every seed ---
@@ -178,4 +178,4 @@ rule tabulate_seed_claims:
         config=config_file("tabulate_seed_claims"),
         runtime=runtime_file,
     shell:
-        "ilm table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table claims --inputs {input} --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"

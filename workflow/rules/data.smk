@@ -13,7 +13,7 @@ rule make_corpus:
         config=config_file("make_corpus"),
         runtime=runtime_file,
     shell:
-        "ilm make-corpus --out {output.stories} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} make-corpus --out {output.stories} --config {params.config} --runtime {params.runtime}"
 
 
 # Only for a Hub dataset: other sources are local files (or the generated corpus).
@@ -31,7 +31,7 @@ if is_hub_id(config["data"]["source"]):
             source=config["data"]["source"],
             revision=config["data"]["revision"] or "",
         shell:
-            "ilm download-data --source {params.source:q} --revision {params.revision:q} --out {output.folder} > {log} 2>&1"
+            "ilm --log {log} download-data --source {params.source:q} --revision {params.revision:q} --out {output.folder}"
 
 
 rule prepare_data:
@@ -58,5 +58,5 @@ rule prepare_data:
         config=config_file("prepare_data"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} --threads {threads} prepare-data --source {params.source:q} --out-dir {params.data_dir} --workers {threads}"
+        " --config {params.config} --runtime {params.runtime}"

@@ -22,6 +22,6 @@ rule evaluate_model:
         config=config_file("evaluate_model"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
+        "ilm --log {log} --threads {threads} evaluate --model {params.model_dir} --data-dir {params.data_dir} --variant {wildcards.variant}"
         " --forward-out {output.forward} --inverse-out {output.inverse} --windows-out {output.windows}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime}"

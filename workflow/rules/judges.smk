@@ -14,9 +14,8 @@ rule fetch_judges:
     params:
         model=lambda wildcards: FETCHED_JUDGES[wildcards.judge],
     shell:
-        # the error's one line (e.g. the gated-model hint naming HF_TOKEN) also goes to the terminal
-        "ilm fetch-judge --model {params.model:q} --out {output.folder} > {log} 2>&1"
-        " || (tail -n 1 {log} >&2; exit 1)"
+        # under --log, the error's one line (e.g. the gated-model hint naming HF_TOKEN) also goes to the terminal
+        "ilm --log {log} fetch-judge --model {params.model:q} --out {output.folder}"
 
 
 rule judge_inversion:
@@ -42,9 +41,9 @@ rule judge_inversion:
         config=config_file("judge_inversion"),
         runtime=runtime_file,
     shell:
-        "HF_HUB_OFFLINE=1 ilm --threads {threads} judge-inversion --metrics {input.metrics}"
+        "HF_HUB_OFFLINE=1 ilm --log {log} --threads {threads} judge-inversion --metrics {input.metrics}"
         " --tokenizer {input.tokenizer} --similarity-judge {params.similarity}"
-        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {params.runtime}"
 
 
 rule judge_attacks:
@@ -70,9 +69,9 @@ rule judge_attacks:
         config=config_file("judge_attacks"),
         runtime=runtime_file,
     shell:
-        "HF_HUB_OFFLINE=1 ilm --threads {threads} judge-attacks --metrics {input.metrics}"
+        "HF_HUB_OFFLINE=1 ilm --log {log} --threads {threads} judge-attacks --metrics {input.metrics}"
         " --tokenizer {input.tokenizer} --similarity-judge {params.similarity}"
-        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --perplexity-judge {params.perplexity} --out {output.judged} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_gcg_naturalness:
@@ -101,5 +100,5 @@ rule tabulate_gcg_naturalness:
         config=config_file("tabulate_gcg_naturalness"),
         runtime=runtime_file,
     shell:
-        "ilm table gcg_naturalness --inputs {input.metrics}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table gcg_naturalness --inputs {input.metrics}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"

@@ -15,7 +15,7 @@ if PILOT["dataset"] != "generated":
             source=PILOT["dataset"],
             revision=PILOT["revision"] or "",
         shell:
-            "ilm download-data --source {params.source:q} --revision={params.revision:q} --out {output.folder} > {log} 2>&1"
+            "ilm --log {log} download-data --source {params.source:q} --revision={params.revision:q} --out {output.folder}"
 
 
 rule download_pilot_encoder:
@@ -30,7 +30,7 @@ rule download_pilot_encoder:
         encoder=PILOT["encoder"],
         revision=PILOT["encoder_revision"] or "",
     shell:
-        "ilm pilot fetch-encoder --encoder {params.encoder:q} --revision={params.revision:q} --out {output.folder} > {log} 2>&1"
+        "ilm --log {log} pilot fetch-encoder --encoder {params.encoder:q} --revision={params.revision:q} --out {output.folder}"
 
 
 rule embed_pilot:
@@ -57,8 +57,8 @@ rule embed_pilot:
         config=config_file("embed_pilot"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} pilot embed --encoder-dir {input.encoder} {params.source} --train-out {output.train}"
-        " --test-out {output.test} --info-out {output.info} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} --threads {threads} pilot embed --encoder-dir {input.encoder} {params.source} --train-out {output.train}"
+        " --test-out {output.test} --info-out {output.info} --config {params.config} --runtime {params.runtime}"
 
 
 rule train_pilot:
@@ -82,9 +82,9 @@ rule train_pilot:
         config=config_file("train_pilot"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} pilot train --variant {wildcards.pilot_variant} --train {input.train}"
+        "ilm --log {log} --threads {threads} pilot train --variant {wildcards.pilot_variant} --train {input.train}"
         " --info {input.info} --model-out {output.model} --log-out {output.log} --run-out {output.run}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime}"
 
 
 rule attack_pilot:
@@ -107,8 +107,8 @@ rule attack_pilot:
         config=config_file("attack_pilot"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} pilot attack --variant {wildcards.pilot_variant} --model {input.model}"
-        " --run {input.run} --test {input.test} --out {output.metrics} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} --threads {threads} pilot attack --variant {wildcards.pilot_variant} --model {input.model}"
+        " --run {input.run} --test {input.test} --out {output.metrics} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_pag_pilot:
@@ -137,7 +137,7 @@ rule tabulate_pag_pilot:
         config=config_file("tabulate_pag_pilot"),
         runtime=runtime_file,
     shell:
-        "ilm table pag_pilot --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table pag_pilot --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule plot_pag_fgsm_sweep:
@@ -160,4 +160,4 @@ rule plot_pag_fgsm_sweep:
         config=config_file("plot_pag_fgsm_sweep"),
         runtime=runtime_file,
     shell:
-        "ilm figure pag_fgsm_sweep --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} figure pag_fgsm_sweep --inputs {input.metrics} --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"

@@ -33,8 +33,8 @@ rule tabulate_setup:
         config=config_file("tabulate_setup"),
         runtime=runtime_file,
     shell:
-        "ilm table setup --inputs {input.stats} {input.runs} {input.configs} {input.weights}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table setup --inputs {input.stats} {input.runs} {input.configs} {input.weights}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_token_entropy:
@@ -59,8 +59,8 @@ rule tabulate_token_entropy:
     params:
         stem=output_stem,
     shell:
-        "ilm table token_entropy --inputs {input.train}"
-        " --out-stem {params.stem} > {log} 2>&1"
+        "ilm --log {log} table token_entropy --inputs {input.train}"
+        " --out-stem {params.stem}"
 
 
 rule plot_token_entropy:
@@ -81,8 +81,8 @@ rule plot_token_entropy:
     params:
         stem=output_stem,
     shell:
-        "ilm figure token_entropy --inputs {input.entropy}"
-        " --out-stem {params.stem} > {log} 2>&1"
+        "ilm --log {log} figure token_entropy --inputs {input.entropy}"
+        " --out-stem {params.stem}"
 
 
 rule plot_training_curves:
@@ -103,8 +103,8 @@ rule plot_training_curves:
     params:
         stem=output_stem,
     shell:
-        "ilm figure training_curves --inputs {input.logs}"
-        " --out-stem {params.stem} > {log} 2>&1"
+        "ilm --log {log} figure training_curves --inputs {input.logs}"
+        " --out-stem {params.stem}"
 
 
 rule tabulate_forward_quality:
@@ -135,8 +135,8 @@ rule tabulate_forward_quality:
         config=config_file("tabulate_forward_quality"),
         runtime=runtime_file,
     shell:
-        "ilm table forward_quality --inputs {input} --out-stem {params.stem}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table forward_quality --inputs {input} --out-stem {params.stem}"
+        " --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_inverse_accuracy:
@@ -167,8 +167,8 @@ rule tabulate_inverse_accuracy:
         config=config_file("tabulate_inverse_accuracy"),
         runtime=runtime_file,
     shell:
-        "ilm table inverse_accuracy --inputs {input} --out-stem {params.stem}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table inverse_accuracy --inputs {input} --out-stem {params.stem}"
+        " --config {params.config} --runtime {params.runtime}"
 
 
 rule plot_inverse_by_position:
@@ -189,8 +189,8 @@ rule plot_inverse_by_position:
     params:
         stem=output_stem,
     shell:
-        "ilm figure inverse_by_position --inputs {input.metrics}"
-        " --out-stem {params.stem} > {log} 2>&1"
+        "ilm --log {log} figure inverse_by_position --inputs {input.metrics}"
+        " --out-stem {params.stem}"
 
 
 rule tabulate_gcg_summary:
@@ -219,8 +219,8 @@ rule tabulate_gcg_summary:
         config=config_file("tabulate_gcg_summary"),
         runtime=runtime_file,
     shell:
-        "ilm table gcg_summary --inputs {input.metrics}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table gcg_summary --inputs {input.metrics}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_gcg_examples:
@@ -248,8 +248,8 @@ rule tabulate_gcg_examples:
         config=config_file("tabulate_gcg_examples"),
         runtime=runtime_file,
     shell:
-        "ilm table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table gcg_examples --inputs {input.metrics} --tokenizer {input.tokenizer}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule plot_gcg_success_rate:
@@ -272,5 +272,5 @@ rule plot_gcg_success_rate:
         config=config_file("plot_gcg_success_rate"),
         runtime=runtime_file,
     shell:
-        "ilm figure gcg_success_rate --inputs {input.sweeps}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} figure gcg_success_rate --inputs {input.sweeps}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"

@@ -97,5 +97,5 @@ rule summarise_study:
         config=config_file("summarise_study"),
         runtime=runtime_file,
     shell:
-        "ilm summarise-study --manifest {params.manifest} --table-stem {params.stem} --figure-stem {params.stem}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} summarise-study --manifest {params.manifest} --table-stem {params.stem} --figure-stem {params.stem}"
+        " --config {params.config} --runtime {params.runtime}"

@@ -23,5 +23,5 @@ rule train_model:
         config=config_file("train_model"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {params.model_dir}"
-        " --checkpoint-dir {params.checkpoints} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} --threads {threads} train --data-dir {params.data_dir} --variant {wildcards.variant} --out {params.model_dir}"
+        " --checkpoint-dir {params.checkpoints} --config {params.config} --runtime {params.runtime}"
