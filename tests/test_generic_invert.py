@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from ilm.forward_budget import beam_search_forwards, generic_budget, steps_and_f
 from ilm.gcg import GCGConfig
 from ilm.gcg import run as gcg_run
 from ilm.generic_invert import GenericConfig, invert, invert_relaxed, placeholder_prefix
-from ilm.invert import bigram_counts, search
+from ilm.invert import bigram_counts, search, variant_placeholder
 from ilm.names import BOS_ID, PAD_ID, parse_generic
 from tiny import VOCAB, save_tiny_model, tiny_config, tiny_model, write_splits
 
@@ -81,7 +82,7 @@ def test_beam_search_forwards_count_the_search_itself(monkeypatch):
 def test_gcg_inverter_starts_from_the_placeholder(variant, expected):
     """The start is the variant's placeholder repeated P times: <s>, the Bert-like one (pad), the reverse bigram."""
     suffix, counts = _data()
-    init = placeholder_prefix(variant, suffix, counts, config())
+    init = placeholder_prefix(variant_placeholder(variant, counts, config()), suffix, 4)
     # C[next, prev]: the reverse bigram is the likeliest predecessor of the suffix's first token
     want = {"bos": [BOS_ID] * 3, "pad": [PAD_ID] * 3,
             "bigram": [int(counts[int(t)].argmax()) for t in suffix[:, 0]]}[expected]
@@ -109,7 +110,7 @@ def test_gcg_inverter_best_ce_is_a_plain_recomputation():
     model = tiny_model(seed=1)
     suffix, counts = _data()
     cfg = config()
-    result = invert("identity+gcg", model, counts, suffix, [3, 5, 7], cfg)
+    result = invert("identity+gcg", model, variant_placeholder("identity", counts, cfg), suffix, [3, 5, 7], cfg)
     assert result.prefixes.shape == (3, 1, 4)
     for i, y in enumerate(suffix.tolist()):
         assert float(result.scores[i, 0]) == pytest.approx(plain_suffix_ce(model, result.prefixes[i, 0].tolist(), y),
@@ -130,7 +131,7 @@ def test_relaxed_inverter_best_ce_is_a_plain_recomputation_and_never_worse_than_
         assert min(ids[i].tolist()) >= 6
     assert torch.all(best <= first)
     assert torch.any(best < first)  # 8 Adam steps found something better on this model
-    result = invert("identity+relaxed", model, torch.zeros(VOCAB, VOCAB), suffix, [3, 5, 7], config())
+    result = invert("identity+relaxed", model, None, suffix, [3, 5, 7], config())
     assert result.forwards == (70 // 8) * 8 == 64
 
 
@@ -139,11 +140,12 @@ def test_generic_inverters_are_deterministic_and_seeded(method):
     """The same seed gives bitwise the same prefixes and scores; another invert.generic.seed another search."""
     model = tiny_model(seed=1)
     suffix, counts = _data()
-    a = invert(method, model, counts, suffix, [3, 5, 7], config())
-    b = invert(method, model, counts, suffix, [3, 5, 7], config())
+    place = variant_placeholder("identity", counts, config())
+    a = invert(method, model, place, suffix, [3, 5, 7], config())
+    b = invert(method, model, place, suffix, [3, 5, 7], config())
     assert torch.equal(a.prefixes, b.prefixes) and torch.equal(a.scores, b.scores)
-    c = invert(method, model, counts, suffix, [3, 5, 7], config(seed=1))
-    d = invert(method, model, counts, suffix, [4, 6, 8], config())
+    c = invert(method, model, place, suffix, [3, 5, 7], config(seed=1))
+    d = invert(method, model, place, suffix, [4, 6, 8], config())
     assert not torch.equal(a.prefixes, c.prefixes) and not torch.equal(a.prefixes, d.prefixes)
 
 
@@ -200,8 +202,83 @@ def test_generic_shard_records_and_summary(workdir, tmp_path, inverter):
     assert main(["invert-summary", "--method", method, "--shards", *map(str, outs), "--plan",
                  str(workdir / "samples.json"), "--model", str(workdir / "inv_first"), "--data-dir",
                  str(workdir / "data"), "--out", str(csv), "--config", str(workdir / "cfg.json")]) == 0
-    import pandas as pd
 
     frame = pd.read_csv(csv)
     # the search's score is the suffix CE the summary recomputes for the reconstruction
     np.testing.assert_allclose(frame["search_score"], frame["coherence_ce_reconstruction"], rtol=1e-5)
+
+
+def _write_method(root: Path, method: str, f1, similarity) -> list[Path]:
+    d = root / method
+    d.mkdir()
+    samples = list(range(len(f1)))
+    pd.DataFrame({"method": method, "sample": samples, "f1": f1}).to_csv(d / "inversion.csv", index=False)
+    pd.DataFrame({"sample": samples, "similarity_prefix": similarity, "similarity_full": 0.5,
+                  "judge_ppl_prefix_reconstruction": 1.0, "judge_ppl_prefix_original": 1.0,
+                  "judge_ppl_full_reconstruction": 1.0, "judge_ppl_full_original": 1.0}).to_csv(
+        d / "inversion_judged.csv", index=False)
+    return [d / "inversion.csv", d / "inversion_judged.csv"]
+
+
+def test_comparison_table_against_a_plain_bootstrap_loop(tmp_path):
+    """Paired difference beam - generic, its story-bootstrap interval recomputed by a plain loop over the same
+    resampled stories, and the verdict strings; the caption states the forward budget."""
+    from ilm.tables import inversion_vs_generic as table
+
+    stories = np.array([0, 0, 1, 1, 2, 2, 9, 9])  # samples 0-5 come from stories 0, 1, 2
+    np.save(tmp_path / "test_stories.npy", stories)
+    rng = np.random.default_rng(1)
+    beam = rng.uniform(0.4, 0.6, 6)
+    paths = _write_method(tmp_path, "identity", beam, beam)
+    paths += _write_method(tmp_path, "identity+gcg", beam - [0.1, 0.2, 0.15, 0.3, 0.1, 0.12], beam - 0.05)
+    paths += _write_method(tmp_path, "identity+relaxed", beam + [0.1, 0.2, 0.15, 0.3, 0.1, 0.12],
+                           beam + [0.2, -0.3, 0.1, -0.1, 0.05, -0.05])
+    cfg = validate_config({"statistics": {"bootstrap_resamples": 200, "seed": 3}})
+    table.write([*paths, tmp_path / "test_stories.npy"], tmp_path / "inversion_vs_generic", cfg)
+    out = pd.read_csv(tmp_path / "inversion_vs_generic.csv")
+    assert list(out["Inverter"]) == ["GCG inverter"] * 2 + ["Relaxed inverter"] * 2
+    assert list(out["Verdict"]) == ["beam search better", "beam search better", "generic better", "no difference shown"]
+    frames = {m: pd.read_csv(tmp_path / m / "inversion.csv").merge(pd.read_csv(tmp_path / m / "inversion_judged.csv"))
+              for m in ("identity", "identity+gcg", "identity+relaxed")}
+    for row in out.itertuples():
+        method = "identity+gcg" if row.Inverter == "GCG inverter" else "identity+relaxed"
+        column = "f1" if row.Metric == "Token F1" else "similarity_prefix"
+        diffs = frames["identity"][column].to_numpy() - frames[method][column].to_numpy()
+        assert row.Difference == pytest.approx(diffs.mean()) and row.Samples == 6 and row.Stories == 3
+        # the plain loop: draw 3 stories with replacement, mean of the differences of their windows
+        draws = np.random.default_rng(3).integers(0, 3, size=(200, 3))
+        stats = []
+        for pick in draws:
+            rows = [i for story in pick for i in range(6) if stories[i] == story]
+            stats.append(sum(diffs[i] for i in rows) / len(rows))
+        stats = np.sort(stats)
+        assert (row.Low, row.High) == pytest.approx((stats[4], stats[194]))  # ceil(200 x 0.025) = 5th, 195th
+    assert table.verdict(0.01, 0.2) == "beam search better" and table.verdict(-0.2, -0.01) == "generic better"
+    assert table.verdict(-0.1, 0.1) == table.verdict(0.0, 0.1) == "no difference shown"
+    md = (tmp_path / "inversion_vs_generic.md").read_text()
+    assert "the beam search spends 768" in md and "each generic inverter gets 768 (1 x that)" in md
+    assert "GCG 40 steps of 3 + 16 (760)" in md and "relaxed 96 steps of 4 x 2 restarts (768)" in md
+    frames_bad = _write_method(tmp_path, "bert_like", beam, beam) + _write_method(tmp_path, "bert_like+gcg",
+                                                                                     beam[:5], beam[:5])
+    with pytest.raises(ValueError, match="inverted different test windows"):
+        table.write([*frames_bad, tmp_path / "test_stories.npy"], tmp_path / "bad", cfg)
+
+
+def test_inversion_table_orders_and_names_the_generic_rows():
+    """Beam searches in the paper's order, the bigram, then each variant's generic rows (GCG, then relaxed)."""
+    from ilm.tables.inversion import method_name, order_methods
+
+    methods = ["inv_first+relaxed", "bigram", "identity+relaxed", "inv_first", "identity", "identity+gcg", "base"]
+    assert order_methods(methods) == ["base", "identity", "inv_first", "bigram", "identity+gcg", "identity+relaxed",
+                                      "inv_first+relaxed"]
+    assert method_name("bert_like+gcg") == "GCG inverter (Bert-like)"
+    assert method_name("identity_grad+relaxed") == "Relaxed inverter (Identity (grad only))"
+
+
+def test_only_generic_shards_depend_on_the_generic_settings():
+    """invert.generic enters a generic shard's identity (a change restarts it) and never a beam search's."""
+    from ilm.invert import _settings
+
+    a, b = config(), config(relaxed_lr=0.5)
+    assert _settings(a, "identity") == _settings(b, "identity") and "generic" not in _settings(a, "identity")
+    assert _settings(a, "identity+relaxed") != _settings(b, "identity+relaxed")

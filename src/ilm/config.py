@@ -149,6 +149,9 @@ STAGES: dict[str, Scope] = {
     "judge_inversion": Scope(("judge",)),
     "judge_attacks": Scope(("judge",), drop=("judge.ppl_words", "judge.ppl_bos")),
     "tabulate_inversion": Scope(("judge.similarity_model", "judge.perplexity_model", "judge.ppl_words")),
+    "tabulate_inversion_vs_generic": Scope(
+        ("invert.prefix_length", "invert.beam", "invert.top_k", "invert.generic", "statistics")
+    ),
     "tabulate_inversion_examples": Scope(
         ("invert.examples", "invert.example_words", "judge.similarity_model", "judge.perplexity_model")
     ),

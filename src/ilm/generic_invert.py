@@ -18,16 +18,14 @@ depend on which samples share a batch beyond floating-point summation order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ilm.forward_budget import steps_and_forwards
 from ilm.gcg import GCGConfig, allowed_token_ids, run as gcg_run, target_ce, target_logits
-from ilm.invert import placeholder_fn
 from ilm.names import SPECIAL_TOKENS, parse_generic
-from ilm.objectives import ObjectiveConfig
 
 RELAXED_INIT_STD = 1.0  # standard deviation of the relaxed logits at every start
 
@@ -59,12 +57,13 @@ class GenericResult:
     forwards: int  # per sample, within invert.generic's budget
 
 
-def placeholder_prefix(variant: str, suffix: torch.Tensor, counts: torch.Tensor, config: Mapping) -> torch.Tensor:
-    """(S, P) the GCG inverter's start: the placeholder the beam search puts in front of each suffix (S, Ls),
-    repeated prefix_length times."""
-    objective = ObjectiveConfig.from_section(config["objective"])
-    place = placeholder_fn(variant, config["invert"]["placeholder"], objective.placeholder_id, counts)
-    return place(suffix)[:, None].expand(-1, config["invert"]["prefix_length"]).clone()
+Placeholder = Callable[[torch.Tensor], torch.Tensor]  # (S, L) sequences -> (S,) the token put in front of each
+
+
+def placeholder_prefix(placeholder: Placeholder, suffix: torch.Tensor, prefix_length: int) -> torch.Tensor:
+    """(S, P) the GCG inverter's start: the placeholder the beam search puts in front of each suffix (S, Ls)
+    (ilm.invert.variant_placeholder), repeated prefix_length times."""
+    return placeholder(suffix)[:, None].expand(-1, prefix_length).clone()
 
 
 def invert_gcg(
@@ -146,14 +145,15 @@ def invert_relaxed(
 
 
 def invert(
-    method: str, model: torch.nn.Module, counts: torch.Tensor, suffix: torch.Tensor, samples: Sequence[int],
+    method: str, model: torch.nn.Module, placeholder: Placeholder, suffix: torch.Tensor, samples: Sequence[int],
     config: Mapping,
 ) -> GenericResult:
-    """Invert a batch of suffixes (S, Ls) of test windows `samples` with a generic method `<variant>+<inverter>`."""
+    """Invert a batch of suffixes (S, Ls) of test windows `samples` with a generic method `<variant>+<inverter>`;
+    `placeholder` is the variant's (ilm.invert.variant_placeholder), the GCG inverter's start."""
     parsed = parse_generic(method)
     if parsed is None:
         raise ValueError(f"{method!r} is not a generic inverter method (<variant>+gcg or <variant>+relaxed)")
-    variant, inverter = parsed
+    _, inverter = parsed
     inv = config["invert"]
     gen = GenericConfig.from_section(inv["generic"])
     steps, forwards = steps_and_forwards(inverter, inv)
@@ -163,7 +163,7 @@ def invert(
         allowed = allowed_token_ids(int(model.config.vocab_size), gen.allow_special_tokens)
         if gen.gcg_top_k > len(allowed):
             raise ValueError(f"invert.generic.gcg_top_k ({gen.gcg_top_k}) exceeds the {len(allowed)} usable tokens")
-        init = placeholder_prefix(variant, suffix, counts, config)
+        init = placeholder_prefix(placeholder, suffix, inv["prefix_length"])
         max_per_forward = config["gcg"]["max_candidates_per_forward"]
         prefixes, scores = invert_gcg(model, init, suffix, samples, steps, gen, max_per_forward)
     else:

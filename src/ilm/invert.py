@@ -219,6 +219,12 @@ def placeholder_fn(method: str, placeholder: str, mask_placeholder_id: int, coun
     return lambda seqs: torch.full((seqs.shape[0],), token, dtype=torch.long, device=seqs.device)
 
 
+def variant_placeholder(variant: str, counts: torch.Tensor, config: Mapping):
+    """placeholder_fn of a variant under invert.placeholder and objective.mask_placeholder (a validated config)."""
+    objective = ObjectiveConfig.from_section(config["objective"])
+    return placeholder_fn(variant, config["invert"]["placeholder"], objective.placeholder_id, counts)
+
+
 def search(
     method: str, model: torch.nn.Module, counts: torch.Tensor, suffix: torch.Tensor, config: Mapping
 ) -> SearchResult:
@@ -341,7 +347,8 @@ def invert_shard(
                 if generic:
                     from ilm.generic_invert import invert as generic_invert
 
-                    result = generic_invert(method, model, counts, suffix, batch, config)
+                    place = variant_placeholder(parse_generic(method)[0], counts, config)
+                    result = generic_invert(method, model, place, suffix, batch, config)
                     extra = {"forwards": result.forwards}  # forward-equivalents spent per sample
                 else:
                     result, extra = search(method, model, counts, suffix, config), {}
