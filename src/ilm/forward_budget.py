@@ -1,4 +1,4 @@
-"""The forward budget of an inversion, in forward-equivalents (docs/method.md §12.4); no torch needed.
+"""The forward budget of an inversion, in forward-equivalents (docs/method.md §12.1); no torch needed.
 
 One sequence forward costs 1 and a backward through it 2 more, so a gradient costs 3. The
 generic inverters (ilm.generic_invert) get the beam search's cost times invert.generic.budget_ratio

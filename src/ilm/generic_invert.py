@@ -1,4 +1,4 @@
-"""Generic inverters: the reference the beam search's grounding is measured against (docs/method.md §12.4).
+"""Generic inverters: the reference the beam search's grounding is measured against (docs/method.md §12.1).
 
 Both search a prefix X' of invert.prefix_length tokens in front of the true suffix Y that minimises
 CE(Y | X'), the mean teacher-forced CE of Y given X' under the variant's own model, on the same

@@ -22,6 +22,9 @@ predecessors of each beam's current first token in the training bigram counts. U
 paper's code (§9.5.2) its beams are distinct from the first step, the chosen tokens are visible
 to the scorer, it is conditioned on the true suffix, and it is scored by the Baseline model.
 
+A generic inverter (method `<variant>+gcg` or `<variant>+relaxed`, ilm.generic_invert) inverts the same windows
+with the variant's model within the beam search's forward budget; its records add `forwards` (docs/method.md §12.1).
+
 Shards are written through ilm.shards, like the GCG shards: a locked partial file that survives a
 kill, a meta file that says which model, data and settings it holds, and a rename when complete.
 """

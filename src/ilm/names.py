@@ -28,7 +28,7 @@ PROTOCOLS: tuple[str, ...] = ("identity", "bert_like", "inv_first")
 # The inversion method name of the reverse-bigram baseline (scored by the Baseline model).
 BIGRAM = "bigram"
 _GRADIENT_ONLY_SUFFIX = "_grad"
-# Generic inverters (docs/method.md §12.4): method `<variant>+<inverter>` inverts with that variant's model.
+# Generic inverters (docs/method.md §12.1): method `<variant>+<inverter>` inverts with that variant's model.
 GENERIC_INVERTERS: tuple[str, ...] = ("gcg", "relaxed")
 GENERIC_NAMES: dict[str, str] = {"gcg": "GCG inverter", "relaxed": "Relaxed inverter"}
 
