@@ -66,6 +66,7 @@ localrules:
     select_invert_samples,
     tabulate_inversion,
     tabulate_inversion_examples,
+    tabulate_inversion_vs_generic,
     fetch_judges,
     tabulate_gcg_naturalness,
     tabulate_claims,

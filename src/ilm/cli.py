@@ -247,8 +247,9 @@ def cmd_invert_samples(args: argparse.Namespace) -> None:
 def cmd_invert(args: argparse.Namespace) -> None:
     quiet_transformers()
     from ilm.invert import invert_shard
+    from ilm.names import parse_generic
 
-    cfg = stage_config(args, "invert_shard")
+    cfg = stage_config(args, "invert_generic_shard" if parse_generic(args.method) else "invert_shard")
     invert_shard(args.model, args.data_dir, args.bigram, args.method, args.shard, args.out, cfg)
 
 
@@ -275,7 +276,8 @@ def add_inversion_commands(sub) -> None:
     p.set_defaults(func=cmd_invert_samples)
 
     p = sub.add_parser("invert", help="invert shard k of the sampled test prefixes with one method (resumable)")
-    p.add_argument("--method", required=True, help="a variant, or 'bigram' (the baseline; --model is the Baseline)")
+    p.add_argument("--method", required=True, help="a variant, 'bigram' (the baseline; --model is the Baseline) "
+                   "or <variant>+gcg / <variant>+relaxed (a generic inverter on the variant's model)")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--bigram", type=Path, required=True, help="bigram.npy")

@@ -137,12 +137,21 @@ STAGES: dict[str, Scope] = {
         ("data.window", "invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "invert.fraction",
          "invert.count", "invert.sample_seed", "invert.shards")
     ),
-    "invert_shard": Scope(("data", "model", "objective", "invert"), drop=("invert.examples", "invert.example_words")),
-    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words")),
+    # The beam search and the bigram never read invert.generic: a generic setting reruns only the generic inverters.
+    "invert_shard": Scope(
+        ("data", "model", "objective", "invert"), drop=("invert.examples", "invert.example_words", "invert.generic")
+    ),
+    "invert_generic_shard": Scope(
+        ("data", "model", "objective", "invert"), drop=("invert.examples", "invert.example_words")
+    ),
+    "summarise_inversion": Scope(("invert",), drop=("invert.examples", "invert.example_words", "invert.generic")),
     "fetch_judges": Scope(("judge.similarity_model", "judge.perplexity_model")),
     "judge_inversion": Scope(("judge",)),
     "judge_attacks": Scope(("judge",), drop=("judge.ppl_words", "judge.ppl_bos")),
     "tabulate_inversion": Scope(("judge.similarity_model", "judge.perplexity_model", "judge.ppl_words")),
+    "tabulate_inversion_vs_generic": Scope(
+        ("invert.prefix_length", "invert.beam", "invert.top_k", "invert.generic", "statistics")
+    ),
     "tabulate_inversion_examples": Scope(
         ("invert.examples", "invert.example_words", "judge.similarity_model", "judge.perplexity_model")
     ),
@@ -473,6 +482,20 @@ def _invert_top_k_fits(cfg: dict) -> None:
         )
 
 
+def _generic_inverters_fit(cfg: dict) -> None:
+    from ilm.forward_budget import check_budget
+
+    inv, vocab = cfg["invert"], cfg["model"]["vocab_size"]
+    gen = inv["generic"]
+    usable = vocab if gen["allow_special_tokens"] else vocab - len(SPECIAL_TOKENS)
+    if "gcg" in gen["inverters"] and gen["gcg_top_k"] > usable:
+        _fail(
+            f"invert.generic.gcg_top_k ({gen['gcg_top_k']}) is larger than the {usable} tokens a candidate may use "
+            f"(model.vocab_size {vocab}); lower invert.generic.gcg_top_k"
+        )
+    check_budget(inv)
+
+
 def _evaluate_top_k_fits_vocab(cfg: dict) -> None:
     largest, vocab = max(cfg["evaluate"]["top_k"]), cfg["model"]["vocab_size"]
     if largest > vocab:
@@ -529,6 +552,8 @@ _CROSS_KEY_RULES: list[tuple[tuple[str, ...], Callable[[dict], None]]] = [
     (("evaluate.top_k", "model.vocab_size"), _evaluate_top_k_fits_vocab),
     (("invert.skip_tokens", "invert.prefix_length", "invert.suffix_length", "data.window"), _inversion_fits_window),
     (("invert.beam", "invert.top_k", "model.vocab_size"), _invert_top_k_fits),
+    (("invert.generic", "invert.prefix_length", "invert.beam", "invert.top_k", "model.vocab_size"),
+     _generic_inverters_fit),
     (("pilot.sweep_start", "pilot.sweep_stop"), _sweep_bounds),
     (("data.source",), _data_source_named),
     (("judge.similarity_model", "judge.perplexity_model"), _judges_named),

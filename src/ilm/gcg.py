@@ -498,13 +498,16 @@ def run(
     config: GCGConfig,
     sample_seeds: Sequence[int],
     progress: Optional[Progress] = None,
+    init_ids=None,
 ) -> list[GCGResult]:
     """Attack S samples together with GCG (docs/method.md §4.2); one GCGResult per sample.
 
     prefix_ids: (S, P) original prefixes (scored for orig_loss and kl, never used by the
     search); target_ids: (S, L). sample_seeds: one int per sample (its index in the test
     split) that, with config.seed, keys the sample's random stream. `progress`, if given,
-    counts S sample-steps per step.
+    counts S sample-steps per step. `init_ids` (S, P), if given, is the start instead of the
+    random prefix (the GCG inverter starts from a placeholder, ilm.generic_invert); it may hold
+    any id of the vocabulary, banned ones included (the candidates never propose those).
     """
     if isinstance(config, Mapping):
         config = GCGConfig.from_dict(config)
@@ -516,6 +519,12 @@ def run(
     target_ids = torch.as_tensor(np.asarray(target_ids), dtype=torch.long)
     allowed = allowed_token_ids(vocab_size, config.allow_special_tokens)
     _check_inputs(prefix_ids, target_ids, sample_seeds, config, vocab_size, len(allowed))
+    if init_ids is not None:
+        init_ids = torch.as_tensor(np.asarray(init_ids), dtype=torch.long)
+        if init_ids.shape != prefix_ids.shape:
+            raise ValueError(f"init_ids must be shaped as prefix_ids {tuple(prefix_ids.shape)}; got {tuple(init_ids.shape)}")
+        if init_ids.numel() and (int(init_ids.min()) < 0 or int(init_ids.max()) >= vocab_size):
+            raise ValueError(f"init_ids holds ids outside the model vocabulary [0, {vocab_size})")
     S, P = prefix_ids.shape
     if S == 0:
         return []
@@ -530,7 +539,7 @@ def run(
     search = Search(
         model, target_ids, target_embeds, keys, banned, allowed, config, use_compile(config.compile, device)
     )
-    init = initial_prefix(keys, P, allowed)  # (S, P)
+    init = initial_prefix(keys, P, allowed) if init_ids is None else init_ids.to(device)  # (S, P)
     state = SearchState(
         current=init,
         best_loss=torch.full((S,), float("inf"), dtype=search_dtype, device=device),

@@ -22,6 +22,9 @@ predecessors of each beam's current first token in the training bigram counts. U
 paper's code (§9.5.2) its beams are distinct from the first step, the chosen tokens are visible
 to the scorer, it is conditioned on the true suffix, and it is scored by the Baseline model.
 
+A generic inverter (method `<variant>+gcg` or `<variant>+relaxed`, ilm.generic_invert) inverts the same windows
+with the variant's model within the beam search's forward budget; its records add `forwards` (docs/method.md §12.1).
+
 Shards are written through ilm.shards, like the GCG shards: a locked partial file that survives a
 kill, a meta file that says which model, data and settings it holds, and a rename when complete.
 """
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 
 from ilm.io import file_sha256, model_fingerprint, provenance, write_json, write_text
-from ilm.names import BIGRAM, BOS_ID, PAD_ID, parse_variant
+from ilm.names import BIGRAM, BOS_ID, PAD_ID, parse_generic, parse_variant
 from ilm.objectives import ObjectiveConfig, embed, forward_ce, project_to_vocab
 from ilm.progress import Progress
 from ilm.shards import (
@@ -219,6 +222,12 @@ def placeholder_fn(method: str, placeholder: str, mask_placeholder_id: int, coun
     return lambda seqs: torch.full((seqs.shape[0],), token, dtype=torch.long, device=seqs.device)
 
 
+def variant_placeholder(variant: str, counts: torch.Tensor, config: Mapping):
+    """placeholder_fn of a variant under invert.placeholder and objective.mask_placeholder (a validated config)."""
+    objective = ObjectiveConfig.from_section(config["objective"])
+    return placeholder_fn(variant, config["invert"]["placeholder"], objective.placeholder_id, counts)
+
+
 def search(
     method: str, model: torch.nn.Module, counts: torch.Tensor, suffix: torch.Tensor, config: Mapping
 ) -> SearchResult:
@@ -271,13 +280,22 @@ def read_sample_plan(path: Path, config: Mapping) -> dict:
 
 def _settings(config: Mapping, method: str) -> dict:
     obj = config["objective"]
-    return {
+    settings = {
         "method": method,
         **{k: config["invert"][k] for k in RESULT_KEYS},
         "grad_scale_tokens": obj["grad_scale_tokens"],
         "mask_placeholder": obj["mask_placeholder"],
         "last_target": obj["last_target"],
     }
+    if parse_generic(method) is not None:  # only a generic inverter's shards depend on invert.generic
+        settings["generic"] = {k: v for k, v in config["invert"]["generic"].items() if k != "inverters"}
+    return settings
+
+
+def check_method(method: str) -> None:
+    """ValueError unless `method` is a variant, BIGRAM or a generic inverter on a variant (`identity+gcg`)."""
+    if method != BIGRAM and parse_generic(method) is None:
+        parse_variant(method)
 
 
 def expected_fields(windows, inv: Mapping, method: str):
@@ -299,8 +317,8 @@ def invert_shard(
     from ilm.data import load_split
     from ilm.model import load_model, resolve_device
 
-    if method != BIGRAM:
-        parse_variant(method)
+    check_method(method)
+    generic = parse_generic(method) is not None
     model_dir, data_dir, out = Path(model_dir), Path(data_dir), Path(out)
     inv = config["invert"]
     windows = load_split(data_dir, "test")
@@ -328,7 +346,15 @@ def invert_shard(
                 batch = todo[b : b + size]
                 x, y = window_parts(np.asarray(windows[batch]), inv)
                 started = time.perf_counter()
-                result = search(method, model, counts, torch.from_numpy(y).to(device), config)
+                suffix = torch.from_numpy(y).to(device)
+                if generic:
+                    from ilm.generic_invert import invert as generic_invert
+
+                    place = variant_placeholder(parse_generic(method)[0], counts, config)
+                    result = generic_invert(method, model, place, suffix, batch, config)
+                    extra = {"forwards": result.forwards}  # forward-equivalents spent per sample
+                else:
+                    result, extra = search(method, model, counts, suffix, config), {}
                 seconds = time.perf_counter() - started
                 writer.append([
                     {
@@ -340,6 +366,7 @@ def invert_shard(
                         "reconstruction_ids": result.prefixes[i, 0].tolist(),
                         "beam_ids": result.prefixes[i].tolist(),
                         "beam_scores": result.scores[i].tolist(),
+                        **extra,
                     }
                     for i, s in enumerate(batch)
                 ])

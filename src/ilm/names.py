@@ -28,6 +28,9 @@ PROTOCOLS: tuple[str, ...] = ("identity", "bert_like", "inv_first")
 # The inversion method name of the reverse-bigram baseline (scored by the Baseline model).
 BIGRAM = "bigram"
 _GRADIENT_ONLY_SUFFIX = "_grad"
+# Generic inverters (docs/method.md §12.1): method `<variant>+<inverter>` inverts with that variant's model.
+GENERIC_INVERTERS: tuple[str, ...] = ("gcg", "relaxed")
+GENERIC_NAMES: dict[str, str] = {"gcg": "GCG inverter", "relaxed": "Relaxed inverter"}
 
 # The files `ilm train` writes into a model directory; the directory is whole only with all of them.
 MODEL_FILES: tuple[str, ...] = (
@@ -61,6 +64,22 @@ def parse_variant(name: str) -> tuple[Optional[str], bool]:
     if name.endswith(_GRADIENT_ONLY_SUFFIX):
         return name[: -len(_GRADIENT_ONLY_SUFFIX)], True
     return name, False
+
+
+def generic_method(variant: str, inverter: str) -> str:
+    """The inversion method name of a generic inverter on a variant's model: `identity+gcg`."""
+    return f"{variant}+{inverter}"
+
+
+def parse_generic(method: str) -> Optional[tuple[str, str]]:
+    """(variant, inverter) of a generic-inverter method, None for any other name; ValueError for a bad one."""
+    if "+" not in method:
+        return None
+    variant, _, inverter = method.partition("+")
+    parse_variant(variant)
+    if inverter not in GENERIC_INVERTERS:
+        raise ValueError(f"unknown generic inverter {inverter!r} in {method!r}; valid: {', '.join(GENERIC_INVERTERS)}")
+    return variant, inverter
 
 
 def check_protocol(protocol: str) -> None:

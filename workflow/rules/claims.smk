@@ -9,7 +9,7 @@ rule tabulate_claims:
         uniform=metric_files("gcg_uniform_curves.npz"),
         windows=metric_files("eval_windows.csv"),
         transfer=f"{RESULTS}/metrics/transfer.csv",
-        inversion=invert_metric_files("inversion.csv"),
+        inversion=invert_metric_files("inversion.csv", SEARCH_METHODS),
         logs=expand(f"{RESULTS}/models/{{variant}}/train_log.csv", variant=VARIANTS),
         stories=f"{DATA}/test_stories.npy",
     output:

@@ -13,7 +13,13 @@ from ilm.deploy import conda_env_file
 from ilm.download import is_hub_id, local_folder
 from ilm.io import write_named_by_content
 from ilm.judges import JUDGE_ROOT, check_local_judges, judge_folder, needs_fetch
-from ilm.names import MODEL_FILES, VARIANTS as VARIANT_NAMES
+from ilm.names import (
+    GENERIC_INVERTERS,
+    MODEL_FILES,
+    VARIANTS as VARIANT_NAMES,
+    generic_method,
+    parse_generic,
+)
 from ilm.pilot.config import PILOT_VARIANTS
 from ilm.pilot.data import encoder_folder as pilot_encoder_dir
 from ilm.studies import (
@@ -34,8 +40,19 @@ DATA = f"{RESULTS}/data"
 SPLITS = ["train", "validation", "test"]
 GCG_SHARDS = list(range(config["gcg"]["shards"]))
 INVERT_SHARDS = list(range(config["invert"]["shards"]))
-# Inversion methods: every variant, and the reverse-bigram baseline when the Baseline (its scorer) is trained.
-INVERT_METHODS = [*VARIANTS, *(["bigram"] if "base" in VARIANTS else [])]
+# Inversion methods: every variant's beam search, the reverse-bigram baseline when the Baseline (its scorer)
+# is trained, and each generic inverter of invert.generic.inverters on every variant (`identity+gcg`).
+SEARCH_METHODS = [*VARIANTS, *(["bigram"] if "base" in VARIANTS else [])]
+GENERIC_METHODS = [
+    generic_method(v, inverter)
+    for v in VARIANTS
+    for inverter in config["invert"]["generic"]["inverters"]
+]
+INVERT_METHODS = [*SEARCH_METHODS, *GENERIC_METHODS]
+SEARCH_METHOD_PATTERN = "|".join([*VARIANT_NAMES, "bigram"])
+GENERIC_METHOD_PATTERN = (
+    f"(?:{'|'.join(VARIANT_NAMES)})\\+(?:{'|'.join(GENERIC_INVERTERS)})"
+)
 
 # Under --sdm conda every job runs in this env, envs/ilm.yaml plus this checkout and the torch build.
 CONDA_ENV = str(
@@ -61,7 +78,7 @@ POINT_CONFIGS = {
 
 wildcard_constraints:
     variant="|".join(VARIANT_NAMES),
-    method="|".join([*VARIANT_NAMES, "bigram"]),
+    method=f"{SEARCH_METHOD_PATTERN}|{GENERIC_METHOD_PATTERN}",
     shard=r"\d+",
     study=r"[A-Za-z][A-Za-z0-9_]*",
     point=r"[A-Za-z0-9_.=+-]+",
@@ -151,14 +168,20 @@ def study_targets(name):
 
 
 def invert_model_files(wildcards):
-    """The model an inversion method runs: the variant's own, the Baseline for the bigram baseline."""
-    return model_files(
-        variant="base" if wildcards.method == "bigram" else wildcards.method
+    """The model an inversion method runs: the variant's own (a generic inverter's too), the Baseline for the bigram."""
+    method = wildcards.method
+    generic = parse_generic(method)
+    if generic is not None:
+        return model_files(variant=generic[0])
+    return model_files(variant="base" if method == "bigram" else method)
+
+
+def invert_metric_files(name, methods=None):
+    """results/metrics/<method>/<name> of every inversion method (or of `methods`)."""
+    return expand(
+        f"{RESULTS}/metrics/{{method}}/{name}",
+        method=INVERT_METHODS if methods is None else methods,
     )
-
-
-def invert_metric_files(name):
-    return expand(f"{RESULTS}/metrics/{{method}}/{name}", method=INVERT_METHODS)
 
 
 def grounding_targets():
@@ -170,6 +193,11 @@ def grounding_targets():
             ext=["csv", "md", "tex"],
         ),
         f"{RESULTS}/tables/inversion_examples.tex",
+        *(
+            [f"{RESULTS}/tables/inversion_vs_generic.{ext}" for ext in ("csv", "md")]
+            if GENERIC_METHODS
+            else []
+        ),
     ]
 
 

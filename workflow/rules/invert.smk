@@ -39,6 +39,8 @@ rule select_invert_samples:
 
 rule invert_shard:
     # Shard k of the inversions of one method (a variant, or `bigram` scored by the Baseline); resumable.
+    wildcard_constraints:
+        method=SEARCH_METHOD_PATTERN,
     input:
         model=invert_model_files,
         test=f"{DATA}/test.npy",
@@ -59,6 +61,37 @@ rule invert_shard:
         model_dir=model_dir,
         data_dir=input_dir("test"),
         config=config_file("invert_shard"),
+        runtime=runtime_file,
+    shell:
+        "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
+        " --data-dir {params.data_dir} --bigram {input.bigram} --shard {wildcards.shard}"
+        " --out {output.shard} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+
+
+rule invert_generic_shard:
+    # Shard k of a generic inverter (`<variant>+gcg`, `<variant>+relaxed`) on the beam search's windows; resumable.
+    wildcard_constraints:
+        method=GENERIC_METHOD_PATTERN,
+    input:
+        model=invert_model_files,
+        test=f"{DATA}/test.npy",
+        bigram=f"{DATA}/bigram.npy",
+        plan=f"{RESULTS}/inversion/samples.json",
+    output:
+        shard=f"{RESULTS}/inversion/{{method}}/shard{{shard}}.jsonl",
+    log:
+        "logs/invert/{method}/shard{shard}.log",
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    params:
+        model_dir=model_dir,
+        data_dir=input_dir("test"),
+        config=config_file("invert_generic_shard"),
         runtime=runtime_file,
     shell:
         "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
@@ -98,7 +131,7 @@ rule summarise_inversion:
 
 
 rule tabulate_inversion:
-    # Inversion metrics per variant and the reverse-bigram baseline, mean ± std over the same samples.
+    # Inversion metrics per method (beam search, reverse bigram, generic inverters), mean ± std over the same samples.
     input:
         metrics=invert_metric_files("inversion.csv"),
         judged=invert_metric_files("inversion_judged.csv"),
@@ -128,10 +161,41 @@ rule tabulate_inversion:
         " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
 
 
+rule tabulate_inversion_vs_generic:
+    # Per variant: the beam search against each generic inverter on the same windows, paired story-bootstrap intervals.
+    input:
+        metrics=invert_metric_files("inversion.csv", [*VARIANTS, *GENERIC_METHODS]),
+        judged=invert_metric_files("inversion_judged.csv", [*VARIANTS, *GENERIC_METHODS]),
+        stories=f"{DATA}/test_stories.npy",
+    output:
+        csv=report(
+            f"{RESULTS}/tables/inversion_vs_generic.csv",
+            caption="../report/inversion_vs_generic.rst",
+            category="Grounding",
+        ),
+        md=f"{RESULTS}/tables/inversion_vs_generic.md",
+        html=report(
+            f"{RESULTS}/tables/inversion_vs_generic.html",
+            caption="../report/inversion_vs_generic.rst",
+            category="Grounding",
+        ),
+    log:
+        "logs/tables/inversion_vs_generic.log",
+    conda:
+        CONDA_ENV
+    params:
+        stem=output_stem,
+        config=config_file("tabulate_inversion_vs_generic"),
+        runtime=runtime_file,
+    shell:
+        "ilm table inversion_vs_generic --inputs {input.metrics} {input.judged} {input.stories}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+
+
 rule tabulate_inversion_examples:
     # The most fluent reconstructions per method by judge perplexity, decoded (LaTeX).
     input:
-        judged=invert_metric_files("inversion_judged.csv"),
+        judged=invert_metric_files("inversion_judged.csv", SEARCH_METHODS),
     output:
         report(
             f"{RESULTS}/tables/inversion_examples.tex",

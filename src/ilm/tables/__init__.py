@@ -19,6 +19,7 @@ TABLES = (
     "gcg_examples",
     "inversion",
     "inversion_examples",
+    "inversion_vs_generic",
     "gcg_naturalness",
     "claims",
     "gcg_robustness",

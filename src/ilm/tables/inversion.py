@@ -1,4 +1,6 @@
-"""Table `inversion` (rule tabulate_inversion): grounding per variant and the reverse-bigram baseline (method-spec §5, E13).
+"""Table `inversion` (rule tabulate_inversion): grounding per method (method-spec §5, E13; docs/method.md §12).
+
+Methods: each variant's beam search, the reverse-bigram baseline, and the generic inverters on each variant.
 
 One row per method, mean ± standard deviation (ddof 1) over the inverted samples of every
 per-sample metric in results/metrics/<method>/inversion.csv and, when given, of the judge metrics
@@ -15,7 +17,7 @@ import pandas as pd
 
 from ilm.io import write_text
 from ilm.judges import judges_named
-from ilm.names import BIGRAM, order_variants, variant_name
+from ilm.names import BIGRAM, GENERIC_INVERTERS, GENERIC_NAMES, order_variants, parse_generic, variant_name
 from ilm.tables.common import latex_escape, to_markdown, variant_of, write_html
 
 JUDGED = "inversion_judged.csv"
@@ -46,12 +48,24 @@ TEXT_METRICS = (
 
 
 def method_name(method: str) -> str:
-    return "Reverse bigram (Baseline-scored)" if method == BIGRAM else variant_name(method)
+    """The table's name of an inversion method: the variant, the reverse bigram, or "GCG inverter (Identity)"."""
+    if method == BIGRAM:
+        return "Reverse bigram (Baseline-scored)"
+    generic = parse_generic(method)
+    if generic is not None:
+        return f"{GENERIC_NAMES[generic[1]]} ({variant_name(generic[0])})"
+    return variant_name(method)
 
 
 def order_methods(methods) -> list[str]:
-    """Variants in the paper's order, then the reverse-bigram baseline."""
-    return order_variants([m for m in methods if m != BIGRAM]) + ([BIGRAM] if BIGRAM in methods else [])
+    """The beam search of every variant in the paper's order, the reverse-bigram baseline, then the generic
+    inverters grouped by variant (same order; GCG before relaxed)."""
+    generic = {m: parse_generic(m) for m in methods if m != BIGRAM and "+" in m}
+    search = [m for m in methods if m != BIGRAM and m not in generic]
+    by_variant = order_variants({v for v, _ in generic.values()})
+    ordered_generic = sorted(generic, key=lambda m: (by_variant.index(generic[m][0]),
+                                                     GENERIC_INVERTERS.index(generic[m][1])))
+    return order_variants(search) + ([BIGRAM] if BIGRAM in methods else []) + ordered_generic
 
 
 def build(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -90,7 +104,9 @@ def caption(table: pd.DataFrame, config: Optional[Mapping] = None) -> str:
         "and F1 on the sets of ids of the reconstructed and original prefix; exact match and positional accuracy "
         "on the 20 positions; repeated tokens in the reconstruction; the evaluated model's CE of the true suffix "
         "given the reconstruction or the original prefix, and its perplexity of either followed by the suffix. "
-        "The reverse-bigram baseline is scored by the Baseline model."
+        "The reverse-bigram baseline is scored by the Baseline model. Generic inverters (GCG from the variant's "
+        "placeholder, a relaxed one-hot inverter) search the same windows with the variant's model within the beam "
+        "search's forward budget; inversion_vs_generic compares them with the beam search, paired."
         + (judged(config) if config is not None and any(c.startswith("Similarity") for c in table.columns) else "")
     )
 
@@ -114,7 +130,7 @@ def _read(path: Path) -> pd.DataFrame:
 def read_frames(inputs: Sequence[Path]) -> dict[str, pd.DataFrame]:
     """{method: per-sample metrics}: inversion.csv, joined by sample with inversion_judged.csv when that is given."""
     paths = [Path(p) for p in inputs]
-    frames = {variant_of(p): _read(p) for p in paths if p.name != JUDGED}
+    frames = {variant_of(p): _read(p) for p in paths if p.name != JUDGED and p.suffix == ".csv"}
     for path in (p for p in paths if p.name == JUDGED):
         method = variant_of(path)
         if method not in frames:
