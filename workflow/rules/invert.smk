@@ -16,7 +16,7 @@ rule count_bigrams:
         config=config_file("count_bigrams"),
         runtime=runtime_file,
     shell:
-        "ilm bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} bigram-counts --data-dir {params.data_dir} --out {output.counts} --config {params.config} --runtime {params.runtime}"
 
 
 rule select_invert_samples:
@@ -34,7 +34,7 @@ rule select_invert_samples:
         config=config_file("select_invert_samples"),
         runtime=runtime_file,
     shell:
-        "ilm invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} invert-samples --data-dir {params.data_dir} --out {output.plan} --config {params.config} --runtime {params.runtime}"
 
 
 rule invert_shard:
@@ -63,9 +63,9 @@ rule invert_shard:
         config=config_file("invert_shard"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
+        "ilm --log {log} --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
         " --data-dir {params.data_dir} --bigram {input.bigram} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} --runtime {params.runtime}"
 
 
 rule invert_generic_shard:
@@ -94,9 +94,9 @@ rule invert_generic_shard:
         config=config_file("invert_generic_shard"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
+        "ilm --log {log} --threads {threads} invert --method {wildcards.method} --model {params.model_dir}"
         " --data-dir {params.data_dir} --bigram {input.bigram} --shard {wildcards.shard}"
-        " --out {output.shard} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --out {output.shard} --config {params.config} --runtime {params.runtime}"
 
 
 rule summarise_inversion:
@@ -125,9 +125,9 @@ rule summarise_inversion:
         config=config_file("summarise_inversion"),
         runtime=runtime_file,
     shell:
-        "ilm --threads {threads} invert-summary --method {wildcards.method} --shards {input.shards}"
+        "ilm --log {log} --threads {threads} invert-summary --method {wildcards.method} --shards {input.shards}"
         " --plan {input.plan} --model {params.model_dir} --data-dir {params.data_dir} --out {output.metrics}"
-        " --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        " --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_inversion:
@@ -157,8 +157,8 @@ rule tabulate_inversion:
         config=config_file("tabulate_inversion"),
         runtime=runtime_file,
     shell:
-        "ilm table inversion --inputs {input.metrics} {input.judged}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table inversion --inputs {input.metrics} {input.judged}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_inversion_vs_generic:
@@ -188,8 +188,8 @@ rule tabulate_inversion_vs_generic:
         config=config_file("tabulate_inversion_vs_generic"),
         runtime=runtime_file,
     shell:
-        "ilm table inversion_vs_generic --inputs {input.metrics} {input.judged} {input.stories}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table inversion_vs_generic --inputs {input.metrics} {input.judged} {input.stories}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
 
 
 rule tabulate_inversion_examples:
@@ -216,5 +216,5 @@ rule tabulate_inversion_examples:
         config=config_file("tabulate_inversion_examples"),
         runtime=runtime_file,
     shell:
-        "ilm table inversion_examples --inputs {input.judged}"
-        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime} > {log} 2>&1"
+        "ilm --log {log} table inversion_examples --inputs {input.judged}"
+        " --out-stem {params.stem} --config {params.config} --runtime {params.runtime}"
