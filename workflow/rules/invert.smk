@@ -39,8 +39,6 @@ rule select_invert_samples:
 
 rule invert_shard:
     # Shard k of the inversions of one method (a variant, or `bigram` scored by the Baseline); resumable.
-    wildcard_constraints:
-        method=SEARCH_METHOD_PATTERN,
     input:
         model=invert_model_files,
         test=f"{DATA}/test.npy",
@@ -50,6 +48,8 @@ rule invert_shard:
         shard=f"{RESULTS}/inversion/{{method}}/shard{{shard}}.jsonl",
     log:
         "logs/invert/{method}/shard{shard}.log",
+    wildcard_constraints:
+        method=SEARCH_METHOD_PATTERN,
     conda:
         CONDA_ENV
     threads: 2
@@ -70,8 +70,6 @@ rule invert_shard:
 
 rule invert_generic_shard:
     # Shard k of a generic inverter (`<variant>+gcg`, `<variant>+relaxed`) on the beam search's windows; resumable.
-    wildcard_constraints:
-        method=GENERIC_METHOD_PATTERN,
     input:
         model=invert_model_files,
         test=f"{DATA}/test.npy",
@@ -81,6 +79,8 @@ rule invert_generic_shard:
         shard=f"{RESULTS}/inversion/{{method}}/shard{{shard}}.jsonl",
     log:
         "logs/invert/{method}/shard{shard}.log",
+    wildcard_constraints:
+        method=GENERIC_METHOD_PATTERN,
     conda:
         CONDA_ENV
     threads: 2
@@ -165,7 +165,9 @@ rule tabulate_inversion_vs_generic:
     # Per variant: the beam search against each generic inverter on the same windows, paired story-bootstrap intervals.
     input:
         metrics=invert_metric_files("inversion.csv", [*VARIANTS, *GENERIC_METHODS]),
-        judged=invert_metric_files("inversion_judged.csv", [*VARIANTS, *GENERIC_METHODS]),
+        judged=invert_metric_files(
+            "inversion_judged.csv", [*VARIANTS, *GENERIC_METHODS]
+        ),
         stories=f"{DATA}/test_stories.npy",
     output:
         csv=report(
