@@ -456,7 +456,7 @@ def test_bad_input_raises_a_clear_error_and_writes_nothing(tmp_path, case, messa
     if case == "unknown_variant":
         variant = "bogus"
     elif case == "token_id_beyond_vocab":
-        cfg = tiny_config(data={"vocab_size": 32}, model={"vocab_size": 32})
+        cfg = tiny_config(data={"vocab_size": 32}, model={"vocab_size": 32}, invert={"generic": {"gcg_top_k": 8}})
     elif case == "tokenizer_beyond_vocab":
         _tokenizer(data / "tokenizer.json", 80)
     elif case == "window_too_long":

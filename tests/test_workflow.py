@@ -182,8 +182,9 @@ def test_smoke_run_produces_every_table_and_figure(smoke_run):
     assert (forward["PPL"] > 1).all() and forward["CE"].notna().all()
     assert len(pd.read_csv(tables / "gcg_summary.csv")) == 4
     assert (tables / "gcg_examples.tex").read_text().strip()
-    inversion = pd.read_csv(tables / "inversion.csv")  # every variant and the reverse-bigram baseline
-    assert list(inversion["Method"]) == [*forward["Model"], "Reverse bigram (Baseline-scored)"]
+    inversion = pd.read_csv(tables / "inversion.csv")  # every variant, the reverse bigram, then the generic inverters
+    generic = [f"{inverter} inverter ({model})" for model in forward["Model"] for inverter in ("GCG", "Relaxed")]
+    assert list(inversion["Method"]) == [*forward["Model"], "Reverse bigram (Baseline-scored)", *generic]
     assert (inversion["Samples"] == 3).all() and inversion["Token F1 mean"].between(0, 1).all()
     assert inversion["Similarity prefix mean"].between(-1, 1).all() and (inversion["Judge PPL rec. mean"] > 1).all()
     judged = pd.read_csv(smoke_run / "results/metrics/bigram/inversion_judged.csv", keep_default_na=False)
